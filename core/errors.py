@@ -1,0 +1,29 @@
+"""User-facing errors: each names what went wrong, where, and what would be valid.
+
+Scripts turn any `SegsweepError` into one line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+
+class SegsweepError(Exception):
+    """A problem the user can fix (bad spec, missing data, unusable checkpoint...)."""
+
+
+class SpecError(SegsweepError):
+    """An experiment or sweep spec (file, extends chain or override) is invalid."""
+
+
+class DataError(SegsweepError):
+    """A dataset is missing, incomplete or unreadable."""
+
+
+class CheckpointError(SegsweepError):
+    """A checkpoint cannot be loaded or does not fit the model."""
+
+
+class SweepError(SegsweepError):
+    """A sweep cannot be started, joined or resumed."""
+
+
+class TrackingError(SegsweepError):
+    """A tracker cannot be used as configured (only raised where failing fast is the contract)."""

@@ -1,0 +1,429 @@
+"""Experiment specs: typed, frozen, strictly validated YAML with `extends:` and dotted overrides.
+
+`load_spec(path, overrides)` is the one way a spec is read: by `scripts/run.py`, the sweep
+drivers (Optuna and W&B) and the tests. Every problem raises `SpecError` naming the file, the
+dotted key, what was expected and what would be valid.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from core.errors import SpecError
+
+# Each network's input must be divisible by its total down-sampling factor.
+MODEL_SIZE_DIVISORS = {"unet": 16, "resnet34_unet": 32}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AugmentSpec(_Section):
+    """Training-time augmentation; evaluation never augments."""
+
+    affine_p: float = Field(0.5, ge=0, le=1)  # the study: random affine with p = 0.5
+    translate: float = Field(0.1, ge=0, le=0.5)  # fraction of the image side
+    scale: float = Field(0.1, ge=0, le=0.9)  # zoom in [1 - scale, 1 + scale]
+    rotate: float = Field(15.0, ge=0, le=180)  # degrees
+    hflip_p: float = Field(0.5, ge=0, le=1)
+    elastic_p: float = Field(0.0, ge=0, le=1)  # the U-Net paper's elastic deformation
+    color_jitter_p: float = Field(0.0, ge=0, le=1)
+    color_jitter: float = Field(0.2, ge=0, le=1)  # brightness/contrast/saturation strength
+
+
+class SyntheticSpec(_Section):
+    """The procedural dataset written in the Oxford layout (`data.name: synthetic`)."""
+
+    num_trainval: int = Field(200, ge=10)
+    num_test: int = Field(60, ge=2)
+    size: int = Field(96, ge=32, le=1024)  # side of the generated images in px
+    seed: int = 0
+
+
+class FolderSpec(_Section):
+    """Users' own data as `images/` + `masks/` (`data.name: folder`)."""
+
+    foreground_value: int | None = Field(None, ge=0, le=255)  # None: mask > 0 is foreground
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    test_fraction: float = Field(0.2, ge=0, lt=1)
+
+
+class DataSpec(_Section):
+    name: Literal["oxford_pet", "synthetic", "folder"] = "oxford_pet"
+    root: str = "data/oxford-iiit-pet"
+    download: bool = False
+    image_size: int = Field(256, ge=16, le=4096)
+    mask: Literal["pet", "pet_and_boundary", "boundary", "ignore_boundary"] = "pet_and_boundary"
+    val_every: int = Field(10, ge=2)  # trainval line i is validation when i % val_every == 0
+    normalize: Literal["imagenet", "dataset", "none"] = "imagenet"
+    augment: AugmentSpec = AugmentSpec()
+    cache: bool = True  # decoded + resized samples in a memory-mapped uint8 array
+    cache_dir: str | None = None  # None: beside the data, or ~/.cache/segsweep if read-only
+    num_workers: int | Literal["auto"] = "auto"
+    limit_train: int | None = Field(None, ge=1)  # use only the first N training images
+    synthetic: SyntheticSpec = SyntheticSpec()
+    folder: FolderSpec = FolderSpec()
+
+
+class ModelSpec(_Section):
+    name: Literal["unet", "resnet34_unet"] = "unet"
+    base_channels: int = Field(64, ge=2, le=512)  # UNet width; 64 as in the paper
+    batchnorm: bool = True
+    dropout: float = Field(0.0, ge=0, lt=1)  # in the bottleneck
+    head: Literal["sigmoid", "logits"] = "logits"
+    init: Literal["pytorch", "he_normal", "he_uniform", "xavier", "paper"] = "pytorch"
+    encoder_weights: Literal["none", "imagenet"] = "none"  # resnet34_unet only
+    decoder: Literal["lab", "unet"] = "unet"  # resnet34_unet only
+
+
+class LossSpec(_Section):
+    """Weighted sum of terms; the head decides the with-logits or probability form."""
+
+    bce: float = Field(1.0, ge=0)
+    dice: float = Field(1.0, ge=0)
+    focal: float = Field(0.0, ge=0)
+    focal_gamma: float = Field(2.0, ge=0)
+
+    @model_validator(mode="after")
+    def _some_term(self) -> "LossSpec":
+        if self.bce + self.dice + self.focal <= 0:
+            raise ValueError("at least one of bce, dice, focal must have a positive weight")
+        return self
+
+
+class OptimSpec(_Section):
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-4, gt=0, le=10)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)  # sgd only
+    scheduler: Literal["none", "cosine", "step", "plateau", "onecycle"] = "none"
+    step_size: int = Field(5, ge=1)  # epochs, for `step`
+    gamma: float = Field(0.1, gt=0, le=1)  # decay factor for `step` and `plateau`
+    plateau_patience: int = Field(2, ge=0)
+    min_lr: float = Field(0.0, ge=0)  # floor of `cosine`
+    warmup_epochs: int = Field(0, ge=0)
+
+
+class TrainSpec(_Section):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(8, ge=1)
+    eval_batch_size: int | None = Field(None, ge=1)  # None: 2 x batch_size
+    grad_clip: float | None = Field(None, gt=0)  # max gradient norm
+    early_stopping_patience: int | None = Field(None, ge=1)  # epochs without a better val/dice
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    deterministic: bool = False
+    time_budget_s: float | None = Field(None, gt=0)
+    threads: int | None = Field(None, ge=1)  # torch intra-op threads; None: torch's default
+    predictions_every: int = Field(1, ge=1)  # epochs between prediction grids for trackers
+
+
+class CheckpointSpec(_Section):
+    keep_best: int = Field(1, ge=1)  # keep the top-k checkpoints by val/dice
+    save_last: bool = True
+
+
+class WandbSpec(_Section):
+    mode: Literal["auto", "online", "offline", "disabled"] = "auto"
+    project: str = "segsweep"
+    entity: str | None = None
+    group: str | None = None
+    job_type: str | None = None
+    tags: tuple[str, ...] = ()
+    name: str | None = None
+    notes: str | None = None
+    log_checkpoints: Literal["none", "best"] = "none"
+    images_every: int = Field(1, ge=1)
+
+
+class TrackingSpec(_Section):
+    wandb: WandbSpec = WandbSpec()
+    tensorboard: bool = False
+
+
+class ExperimentSpec(_Section):
+    name: str = Field("experiment", min_length=1, pattern=r"^[A-Za-z0-9_.+-]+$")
+    seed: int = Field(0, ge=0)
+    data: DataSpec = DataSpec()
+    model: ModelSpec = ModelSpec()
+    loss: LossSpec = LossSpec()
+    optim: OptimSpec = OptimSpec()
+    train: TrainSpec = TrainSpec()
+    checkpoint: CheckpointSpec = CheckpointSpec()
+    tracking: TrackingSpec = TrackingSpec()
+
+    @model_validator(mode="after")
+    def _size_fits_model(self) -> "ExperimentSpec":
+        divisor = MODEL_SIZE_DIVISORS[self.model.name]
+        size = self.data.image_size
+        if size % divisor:
+            lower = max(divisor, size // divisor * divisor)
+            nearest = lower if size - lower <= lower + divisor - size else lower + divisor
+            raise _CrossFieldError(
+                "data.image_size",
+                f"{self.model.name} needs an input size divisible by {divisor}; "
+                f"got {size}, nearest valid size is {nearest}",
+            )
+        return self
+
+
+class _CrossFieldError(ValueError):
+    """A cross-field rule, raised with the dotted key it concerns."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
+# --------------------------------------------------------------------------- YAML and trees
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read one YAML mapping with `safe_load`; anything else is a `SpecError` naming the file."""
+    if path.is_dir():
+        raise SpecError(f"{path}: is a directory, expected a YAML spec file")
+    if not path.is_file():
+        raise SpecError(f"{path}: spec file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" line {where.line + 1}" if where is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError(f"{path}:{line}: invalid YAML: {problem}") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"{path}: not a UTF-8 text file") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}")
+    return data
+
+
+def deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """`top` over `base`, recursively for nested mappings; other values are replaced."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}. Lists and tuples stay values."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'optim.lr=1e-3' -> ('optim.lr', 0.001): the value is a YAML scalar (or flow list)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")) or " " in key:
+        raise SpecError(f"override {text!r}: expected dotted key=value, e.g. optim.lr=1e-3")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        raise SpecError(f"override {text!r}: value {raw!r} is not a valid YAML scalar") from None
+    if isinstance(value, dict):
+        raise SpecError(f"override {text!r}: set nested keys one by one (a.b=1), not a mapping")
+    # YAML reads 1e-3 as a string (it wants 1.0e-3); users mean a number.
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value.lower() for c in ".e") and value.strip() else value
+        except ValueError:
+            pass
+    return key, value
+
+
+def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    """Set `tree[a][b] = value` for key 'a.b', creating sections as needed."""
+    parts = key.split(".")
+    node = tree
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            raise SpecError(f"override {key}: {'.'.join(parts[: i + 1])} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def apply_overrides(tree: Mapping[str, Any], overrides: Sequence[str] | Mapping[str, Any]) -> dict[str, Any]:
+    """Return a copy of `tree` with dotted overrides applied.
+
+    `overrides` is either CLI text (['optim.lr=1e-3', ...]) or an already-typed mapping
+    ({'optim.lr': 0.001}, as Optuna and W&B give them). All callers go through here.
+    """
+    out = copy.deepcopy(dict(tree))
+    items = overrides.items() if isinstance(overrides, Mapping) else map(parse_override, overrides)
+    for key, value in items:
+        set_dotted(out, key, value)
+    return out
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _resolve_extends(path: Path, chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], dict[str, Path]]:
+    """Merge a spec with its `extends:` ancestors; also return which file set each dotted key."""
+    path = path.resolve() if path.exists() else path
+    if path in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, path))
+        raise SpecError(f"{chain[-1]}: extends: cycle {cycle}")
+    tree = read_yaml(path)
+    parent_ref = tree.pop("extends", None)
+    if parent_ref is None:
+        return tree, {key: path for key in flatten(tree)}
+    if not isinstance(parent_ref, str):
+        raise SpecError(f"{path}: extends: expected a path to another spec, got {parent_ref!r}")
+    parent = (path.parent / parent_ref)
+    if not parent.exists():
+        raise SpecError(f"{path}: extends: parent spec {parent_ref!r} not found (looked at {parent})")
+    base, origins = _resolve_extends(parent, (*chain, path))
+    origins.update({key: path for key in flatten(tree)})
+    return deep_merge(base, tree), origins
+
+
+def _fields_at(model: type[BaseModel], loc: Sequence[str | int]) -> list[str]:
+    """Field names of the section at `loc` (for 'valid keys' and 'did you mean')."""
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return []
+        annotation = field.annotation
+        candidates = getattr(annotation, "__args__", (annotation,))
+        sections = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not sections:
+            return []
+        model = sections[0]
+    return list(model.model_fields)
+
+
+def _describe(error: Mapping[str, Any], root: type[BaseModel]) -> tuple[str, str]:
+    """(dotted key, message) for one pydantic error."""
+    loc = [str(p) for p in error["loc"] if not str(p).startswith(("function-", "constrained-"))]
+    # For union-typed fields pydantic appends the branch name ('int', 'literal[...]'): drop it.
+    while loc and any(c in loc[-1] for c in "[(") or (loc and loc[-1] in {"int", "float", "str", "bool", "none"}):
+        loc.pop()
+    key = ".".join(loc)
+    if error["type"] == "extra_forbidden":
+        valid = _fields_at(root, loc[:-1])
+        close = difflib.get_close_matches(loc[-1], valid, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        return key, f"unknown key; {hint}valid keys: {', '.join(valid)}"
+    message = error["msg"].removeprefix("Value error, ")
+    if "input" in error and error["type"] not in {"missing"}:
+        message = f"{message} (got {error['input']!r})"
+    return key, message
+
+
+def _origin(key: str, origins: Mapping[str, Path], overrides: Mapping[str, Any], default: Path) -> str:
+    """Where a dotted key was set: the override, the file of the extends chain, or the spec."""
+    for okey, value in overrides.items():
+        if key == okey or key.startswith(okey + ".") or okey.startswith(key + "."):
+            return f"override {okey}={value!r}"
+    for candidate in (key, *(key.rsplit(".", n)[0] for n in range(1, key.count(".") + 1))):
+        if candidate in origins:
+            return str(origins[candidate])
+    return str(default)
+
+
+def validate_tree(
+    tree: Mapping[str, Any],
+    source: str | Path = "<spec>",
+    origins: Mapping[str, Path] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> ExperimentSpec:
+    """Validate a merged tree into an `ExperimentSpec`, or raise `SpecError` with one line."""
+    try:
+        return ExperimentSpec.model_validate(dict(tree))
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        cross = error.get("ctx", {}).get("error")
+        if isinstance(cross, _CrossFieldError):
+            key, message = cross.key, str(cross)
+        else:
+            key, message = _describe(error, ExperimentSpec)
+        where = _origin(key, origins or {}, overrides or {}, Path(str(source)))
+        more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise SpecError(f"{where}: {key}: {message}{more}") from None
+
+
+def load_spec(path: str | Path, overrides: Sequence[str] | Mapping[str, Any] = ()) -> ExperimentSpec:
+    """Read `path` (following `extends:`), apply dotted overrides, validate the whole tree."""
+    path = Path(path)
+    tree, origins = _resolve_extends(path)
+    typed = dict(overrides.items()) if isinstance(overrides, Mapping) else dict(map(parse_override, overrides))
+    tree = apply_overrides(tree, typed)
+    return validate_tree(tree, path, origins, typed)
+
+
+def override_spec(spec: ExperimentSpec, overrides: Sequence[str] | Mapping[str, Any]) -> ExperimentSpec:
+    """A new spec with overrides applied and the whole tree re-validated."""
+    typed = dict(overrides.items()) if isinstance(overrides, Mapping) else dict(map(parse_override, overrides))
+    return validate_tree(apply_overrides(spec_to_dict(spec), typed), "<spec>", None, typed)
+
+
+# --------------------------------------------------------------------------- identity
+
+
+def spec_to_dict(spec: ExperimentSpec) -> dict[str, Any]:
+    """Plain JSON/YAML-able tree of the resolved spec (tuples become lists)."""
+    return spec.model_dump(mode="json")
+
+
+def spec_to_yaml(spec: ExperimentSpec) -> str:
+    return yaml.safe_dump(spec_to_dict(spec), sort_keys=False)
+
+
+def _hash(tree: Mapping[str, Any]) -> str:
+    blob = json.dumps(tree, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def config_hash(spec: ExperimentSpec) -> str:
+    """Identity of what is trained: the resolved spec without `name` and `tracking`."""
+    tree = spec_to_dict(spec)
+    tree.pop("tracking")
+    tree.pop("name")
+    return _hash(tree)
+
+
+def arm_hash(spec: ExperimentSpec) -> str:
+    """Identity of an ablation arm: `config_hash` without the seed."""
+    tree = spec_to_dict(spec)
+    for key in ("tracking", "name", "seed"):
+        tree.pop(key)
+    return _hash(tree)
+
+
+def spec_keys() -> dict[str, Any]:
+    """Every valid dotted key with its default: what sweep parameters may name."""
+    return flatten(spec_to_dict(ExperimentSpec()))
+
+
+def spec_from_dict(tree: Union[Mapping[str, Any], None], source: str = "<checkpoint>") -> ExperimentSpec:
+    """Validate a stored spec (from a checkpoint or config.yaml)."""
+    if not isinstance(tree, Mapping):
+        raise SpecError(f"{source}: no experiment spec stored")
+    return validate_tree(tree, source)
