@@ -1,0 +1,249 @@
+"""The local run record: run folders, atomic file writes, metrics.csv, summary.json and plots.
+
+Local files are the source of truth; W&B and TensorBoard only mirror them. Every write goes
+through `atomic_write` (temporary file, flush, fsync, rename), so a SIGKILL at any moment leaves
+each file either as it was or complete.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import platform
+import secrets
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from core.errors import SegsweepError
+
+METRIC_COLUMNS = (
+    "epoch", "train/loss", "val/loss", "val/dice", "val/dice_global", "val/iou", "lr", "epoch_s", "img_per_s",
+)
+STATUSES = ("running", "completed", "failed", "diverged", "interrupted", "pruned")
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp)` on a temporary file beside `path`, fsync it, then rename over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def check_writable(root: Path) -> None:
+    """Refuse a results folder that cannot be written, before any training starts."""
+    probe_dir = root
+    while not probe_dir.exists():
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        raise SegsweepError(f"{root}: results path is not a folder ({probe_dir} is a file)")
+    if not os.access(probe_dir, os.W_OK | os.X_OK):
+        raise SegsweepError(f"{root}: results folder is not writable (no write permission on {probe_dir})")
+
+
+def new_run_dir(results_root: str | Path, name: str, create: bool = True) -> Path:
+    """`<results_root>/runs/<name>/<YYYYmmdd-HHMMSS>-<6 hex>/`, created unless `create=False`.
+
+    With `create=False` the folder is only named (after checking the root is writable), so
+    that `fit` creates it once the spec, data and model have been built without error.
+    """
+    root = Path(results_root) / "runs" / name
+    check_writable(root)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    while True:
+        run_dir = root / f"{stamp}-{secrets.token_hex(3)}"
+        if run_dir.exists():
+            continue
+        if create:
+            try:
+                run_dir.mkdir(parents=True)
+            except FileExistsError:
+                continue
+        return run_dir
+
+
+# --------------------------------------------------------------------------- csv and json
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else str(value)
+    return str(value)
+
+
+def csv_text(columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_fmt(row.get(c, "")) for c in columns])
+    return buf.getvalue()
+
+
+def write_metrics(run_dir: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Rewrite metrics.csv with every epoch so far (a few rows: cheap, and always whole)."""
+    atomic_write_text(run_dir / "metrics.csv", csv_text(METRIC_COLUMNS, rows))
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, float]]:
+    path = run_dir / "metrics.csv"
+    if not path.exists():
+        return []
+    with open(path, newline="", encoding="utf-8") as fh:
+        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def write_per_image(run_dir: Path, rows: Sequence[tuple[str, float, float]], name: str = "test_per_image.csv") -> None:
+    atomic_write_text(
+        run_dir / name, csv_text(("image_id", "dice", "iou"), [dict(image_id=i, dice=d, iou=u) for i, d, u in rows])
+    )
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_json(path: Path, data: Mapping[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(_json_safe(dict(data)), indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SegsweepError(f"{path}: not found") from None
+    except json.JSONDecodeError as exc:
+        raise SegsweepError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+# --------------------------------------------------------------------------- provenance
+
+
+def git_sha() -> str:
+    """The commit of the code that ran ('unknown' outside a checkout), '+dirty' if modified."""
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def library_versions() -> dict[str, str]:
+    import albumentations
+    import torch
+    import torchvision
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "albumentations": albumentations.__version__,
+        "numpy": np.__version__,
+    }
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _save_png(fig: Any, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def plot_curves(run_dir: Path, rows: Sequence[Mapping[str, float]], title: str) -> None:
+    """curves.png: train/val loss and val Dice (per-image and dataset-level) per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in rows]
+    fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax_loss.plot(epochs, [r["train/loss"] for r in rows], "o-", label="train/loss")
+    ax_loss.plot(epochs, [r["val/loss"] for r in rows], "o-", label="val/loss")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("loss")
+    ax_loss.legend()
+    ax_dice.plot(epochs, [r["val/dice"] for r in rows], "o-", label="val/dice (per-image mean)")
+    ax_dice.plot(epochs, [r["val/dice_global"] for r in rows], "s--", label="val/dice_global")
+    ax_dice.plot(epochs, [r["val/iou"] for r in rows], "^:", label="val/iou")
+    ax_dice.set_xlabel("epoch")
+    ax_dice.set_ylabel("score")
+    ax_dice.set_ylim(0, 1)
+    ax_dice.legend(loc="lower right")
+    for ax in (ax_loss, ax_dice):
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save_png(fig, run_dir / "curves.png")
+    plt.close(fig)
+
+
+def prediction_grid(images: Sequence[np.ndarray], truths: Sequence[np.ndarray], preds: Sequence[np.ndarray]) -> np.ndarray:
+    """Rows of [image | truth overlay | prediction overlay], uint8 (H, W, 3).
+
+    Truth in green, prediction in red; ignored pixels (255) in yellow on the truth panel.
+    """
+    rows = []
+    for image, truth, pred in zip(images, truths, preds):
+        base = image.astype(np.float32)
+        truth_rgb = base.copy()
+        fg = truth == 1
+        truth_rgb[fg] = 0.45 * truth_rgb[fg] + 0.55 * np.array([40, 220, 60])
+        ign = truth == 255
+        truth_rgb[ign] = 0.45 * truth_rgb[ign] + 0.55 * np.array([240, 220, 40])
+        pred_rgb = base.copy()
+        pm = pred.astype(bool)
+        pred_rgb[pm] = 0.45 * pred_rgb[pm] + 0.55 * np.array([230, 40, 40])
+        sep = np.full((base.shape[0], 2, 3), 255, np.float32)
+        rows.append(np.concatenate([base, sep, truth_rgb, sep, pred_rgb], axis=1))
+        rows.append(np.full((2, rows[-1].shape[1], 3), 255, np.float32))
+    return np.clip(np.concatenate(rows[:-1], axis=0), 0, 255).astype(np.uint8)
+
+
+def save_prediction_png(run_dir: Path, grid: np.ndarray) -> None:
+    """predictions.png: the grid with a header naming the columns."""
+    import cv2
+
+    header = np.full((18, grid.shape[1], 3), 255, np.uint8)
+    third = grid.shape[1] // 3
+    for i, label in enumerate(("image", "truth", "prediction")):
+        cv2.putText(header, label, (i * third + 4, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    ok, png = cv2.imencode(".png", cv2.cvtColor(np.concatenate([header, grid]), cv2.COLOR_RGB2BGR))
+    assert ok
+    atomic_write_bytes(run_dir / "predictions.png", png.tobytes())

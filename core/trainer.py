@@ -1,0 +1,553 @@
+"""The one training loop: `fit(spec, run_dir, tracker, on_epoch_end) -> RunResult`.
+
+It reads top to bottom: seed, build, loop over epochs (train, evaluate, log, checkpoint, hook),
+test the best checkpoint, return. Sweep drivers hook in through `on_epoch_end(epoch, metrics)`
+and may raise `StopTraining` (pruning, early stopping); nothing else reaches inside.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from core.checkpoint import TopK, load_checkpoint, load_model_state, save_checkpoint
+from core.data import build_data
+from core.errors import CheckpointError, SegsweepError
+from core.losses import build_loss
+from core.metrics import SegmentationMeter, probabilities
+from core.models import build_model
+from core.record import (  # noqa: F401  (new_run_dir is part of the trainer's API)
+    atomic_write_text, git_sha, library_versions, new_run_dir, plot_curves, prediction_grid, read_metrics,
+    save_prediction_png, write_json, write_metrics, write_per_image,
+)
+from core.spec import ExperimentSpec, arm_hash, config_hash, spec_from_dict, spec_to_dict, spec_to_yaml
+
+EpochHook = Callable[[int, dict[str, float]], None]
+
+
+class StopTraining(Exception):
+    """Raised by an `on_epoch_end` hook to end training early with a given status."""
+
+    def __init__(self, status: str = "completed", reason: str = ""):
+        super().__init__(reason or status)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    loss: float
+    dice: float
+    dice_global: float
+    iou: float
+    per_image: list[tuple[str, float, float]] = field(default_factory=list)
+
+    def metrics(self, split: str) -> dict[str, float]:
+        return {f"{split}/loss": self.loss, f"{split}/dice": self.dice,
+                f"{split}/dice_global": self.dice_global, f"{split}/iou": self.iou}
+
+
+@dataclass(frozen=True)
+class RunResult:
+    status: str  # completed | diverged | interrupted | pruned | failed
+    run_dir: Path
+    best_epoch: int
+    metrics: dict[str, Any]  # the summary.json contents
+    signal: int | None = None  # the signal that interrupted the run, if any
+
+
+# --------------------------------------------------------------------------- devices & precision
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SegsweepError("train.device: 'cuda' requested but no CUDA device is available; valid here: auto, cpu")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """`auto`: bf16 where the hardware runs it fast (CUDA with bf16, CPUs with AVX-512/AMX bf16)."""
+    if name == "fp16" and device.type != "cuda":
+        raise SegsweepError("train.precision: fp16 needs CUDA (a gradient scaler on GPU); on CPU use bf16 or fp32")
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_fast_bf16() else "fp32"
+
+
+def cpu_has_fast_bf16() -> bool:
+    capability = torch.backends.cpu.get_cpu_capability()
+    return "AVX512" in capability.upper() or "AMX" in capability.upper()
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# --------------------------------------------------------------------------- seeding
+
+
+def derive_seed(*parts: int) -> int:
+    """A stable 31-bit seed from integers (same on every platform and run)."""
+    value = 0x9E3779B9
+    for part in parts:
+        value = (value * 1_000_003 + int(part) + 0x7F4A7C15) % (2**61 - 1)
+    return value % (2**31 - 1)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+# --------------------------------------------------------------------------- learning rate
+
+
+class LrSchedule:
+    """Per-step learning rate from the spec; its state is two numbers, saved in checkpoints.
+
+    `cosine` and `onecycle` need the total number of steps: from `train.epochs`, or, with a
+    time budget, planned from the measured speed of the first epoch (`plan`).
+    """
+
+    def __init__(self, spec: ExperimentSpec, steps_per_epoch: int):
+        self.o = spec.optim
+        self.steps_per_epoch = max(1, steps_per_epoch)
+        self.total_steps = spec.train.epochs * self.steps_per_epoch
+        self.plateau_scale = 1.0
+        self.plateau_best = -math.inf
+        self.plateau_bad = 0
+
+    def plan(self, epochs: int) -> None:
+        self.total_steps = max(1, epochs) * self.steps_per_epoch
+
+    def lr(self, step: int) -> float:
+        o, base = self.o, self.o.lr
+        warm = o.warmup_epochs * self.steps_per_epoch
+        if warm and step < warm:
+            return base * (step + 1) / warm
+        t = min(1.0, (step - warm) / max(1, self.total_steps - warm))
+        if o.scheduler == "cosine":
+            return o.min_lr + (base - o.min_lr) * 0.5 * (1 + math.cos(math.pi * t))
+        if o.scheduler == "onecycle":
+            # 25% rise from base/25 to base, then cosine down to base/1e4 (torch's OneCycleLR shape).
+            rise = 0.25
+            if t < rise:
+                return base / 25 + (base - base / 25) * 0.5 * (1 - math.cos(math.pi * t / rise))
+            return base / 1e4 + (base - base / 1e4) * 0.5 * (1 + math.cos(math.pi * (t - rise) / (1 - rise)))
+        if o.scheduler == "step":
+            return base * o.gamma ** (step // (o.step_size * self.steps_per_epoch))
+        if o.scheduler == "plateau":
+            return base * self.plateau_scale
+        return base
+
+    def end_epoch(self, val_dice: float) -> None:
+        if self.o.scheduler != "plateau":
+            return
+        if val_dice > self.plateau_best:
+            self.plateau_best, self.plateau_bad = val_dice, 0
+        else:
+            self.plateau_bad += 1
+            if self.plateau_bad > self.o.plateau_patience:
+                self.plateau_scale *= self.o.gamma
+                self.plateau_bad = 0
+
+    def state_dict(self) -> dict[str, float]:
+        return {"total_steps": self.total_steps, "plateau_scale": self.plateau_scale,
+                "plateau_best": self.plateau_best, "plateau_bad": self.plateau_bad}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.total_steps = int(state["total_steps"])
+        self.plateau_scale = float(state["plateau_scale"])
+        self.plateau_best = float(state["plateau_best"])
+        self.plateau_bad = int(state["plateau_bad"])
+
+
+def build_optimizer(spec: ExperimentSpec, params: Iterator[nn.Parameter]) -> torch.optim.Optimizer:
+    o = spec.optim
+    if o.name == "adam":
+        return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+    if o.name == "adamw":
+        return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+    return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=True)
+
+
+# --------------------------------------------------------------------------- signals
+
+
+class _Interrupts:
+    """First SIGINT/SIGTERM: finish the current step, then stop cleanly. Second SIGINT: exit now."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_Interrupts":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            os._exit(130)
+        self.signum = signum
+        print(f"\nreceived {signal.Signals(signum).name}: finishing this step, then saving and stopping "
+              "(Ctrl-C again to exit at once)", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+class _Diverged(Exception):
+    def __init__(self, epoch: int, step: int, loss: float):
+        super().__init__(f"non-finite loss {loss} at epoch {epoch}, step {step}")
+        self.epoch, self.step = epoch, step
+
+
+def _progress(iterable: Any, desc: str, total: int) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True,
+                disable=not sys.stderr.isatty())
+
+
+def train_one_epoch(
+    model: nn.Module, loader: Any, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
+    schedule: LrSchedule, scaler: torch.amp.GradScaler | None, *, epoch: int, step: int,
+    device: torch.device, precision: str, channels_last: bool, grad_clip: float | None,
+    should_stop: Callable[[], bool],
+) -> tuple[float, int, int]:
+    """One pass over the training loader. Returns (mean loss, images seen, global step)."""
+    model.train()
+    total, images = torch.zeros((), dtype=torch.float64), 0
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    for batch_images, masks, _ in _progress(loader, f"epoch {epoch} train", len(loader)):
+        lr = schedule.lr(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch_images = batch_images.to(device, non_blocking=True, memory_format=memory_format)
+        masks = masks.to(device, non_blocking=True)
+        with autocast(device, precision):
+            output = model(batch_images)  # (B, 1, H, W)
+        loss = loss_fn(output.float(), masks)
+        if not torch.isfinite(loss):
+            raise _Diverged(epoch, step, float(loss))
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if grad_clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        total += loss.detach().double() * len(batch_images)
+        images += len(batch_images)
+        step += 1
+        if should_stop():
+            break
+    return float(total) / max(1, images), images, step
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader: Any, loss_fn: nn.Module, *, head: str, device: torch.device,
+    precision: str, channels_last: bool, ids: list[str], desc: str = "eval",
+) -> EvalResult:
+    """Loss and Dice/IoU over a whole split (no augmentation). Reduced over ranks under DDP."""
+    model.eval()
+    meter = SegmentationMeter()
+    loss_sum, count = torch.zeros((), dtype=torch.float64), 0
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    for images, masks, index in _progress(loader, desc, len(loader)):
+        images = images.to(device, non_blocking=True, memory_format=memory_format)
+        masks = masks.to(device, non_blocking=True)
+        with autocast(device, precision):
+            output = model(images)
+        output = output.float()
+        loss_sum += loss_fn(output, masks).double() * len(images)
+        count += len(images)
+        meter.update(output, masks, head, [ids[int(i)] for i in index])
+    loss_sum, count, meter = _reduce(loss_sum, count, meter, device)
+    result = meter.compute()
+    return EvalResult(float(loss_sum) / max(1, count), result["dice"], result["dice_global"], result["iou"],
+                      result["per_image"])
+
+
+def _reduce(loss_sum: torch.Tensor, count: int, meter: SegmentationMeter, device: torch.device):
+    """Under DDP, gather every rank's per-image counts so metrics cover the whole split once."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return loss_sum, count, meter
+    totals = torch.tensor([float(loss_sum), float(count)], dtype=torch.float64, device=device)
+    dist.all_reduce(totals)
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, meter.state())
+    merged = SegmentationMeter()
+    for state in gathered:
+        merged.load_state(state, accumulate=True)
+    return totals[0].cpu(), int(totals[1].item()), merged
+
+
+def _dist_info() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    model = getattr(model, "module", model)  # DDP
+    return getattr(model, "_orig_mod", model)  # torch.compile
+
+
+def _prediction_grid(model: nn.Module, dataset: Any, head: str, device: torch.device, precision: str, n: int = 4) -> np.ndarray:
+    model.eval()
+    picks = list(range(min(n, len(dataset))))
+    images, truths, preds = [], [], []
+    with torch.no_grad():
+        batch = torch.stack([dataset[i][0] for i in picks]).to(device)
+        with autocast(device, precision):
+            out = model(batch)
+        probs = probabilities(out.float(), head)[:, 0].cpu().numpy()
+    for i, prob in zip(picks, probs):
+        image, mask = dataset.raw(i)
+        images.append(image)
+        truths.append(mask)
+        preds.append(prob >= 0.5)
+    return prediction_grid(images, truths, preds)
+
+
+def fit(
+    spec: ExperimentSpec,
+    run_dir: str | Path,
+    tracker: Any = None,
+    on_epoch_end: EpochHook | None = None,
+    *,
+    resume: bool = False,
+) -> RunResult:
+    """Train `spec` into `run_dir`, keep the best checkpoint, test it, and return the result.
+
+    With `resume=True`, continue from `run_dir/checkpoints/last.pt` (weights, optimiser, LR
+    schedule, scaler, epoch, early-stopping and top-k state); the data order and augmentation
+    are derived from (seed, epoch), so a resumed run repeats exactly what an uninterrupted one does.
+    """
+    run_dir = Path(run_dir)
+    started = time.perf_counter()
+    rank, world = _dist_info()
+    is_main = rank == 0
+    ckpt_dir = run_dir / "checkpoints"
+
+    # Seed and build (before anything is written, so bad input leaves no run folder).
+    if spec.train.threads:
+        torch.set_num_threads(spec.train.threads)
+    if spec.train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    device = resolve_device(spec.train.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not spec.train.deterministic
+    precision = resolve_precision(spec.train.precision, device)
+    seed_everything(spec.seed)
+    data = build_data(spec, rank=rank, world_size=world)
+    model = build_model(spec.model).to(device)
+    if spec.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(spec, model.parameters())
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+    loss_fn = build_loss(spec.loss, spec.model.head)
+    schedule = LrSchedule(spec, len(data.train))
+    topk = TopK(ckpt_dir, spec.checkpoint.keep_best)
+    head = spec.model.head
+    if is_main:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", spec_to_yaml(spec))
+    meta = {"git_sha": git_sha(), "config_hash": config_hash(spec), "arm_hash": arm_hash(spec)}
+    summary: dict[str, Any] = {
+        "status": "running", "name": spec.name, "seed": spec.seed, "run_dir": str(run_dir),
+        "device": str(device), "precision": precision, "versions": library_versions(),
+        "time_budget_s": spec.train.time_budget_s, "world_size": world, **meta,
+    }
+    rows: list[dict[str, float]] = []
+    best = {"val/dice": -math.inf, "epoch": 0}
+    bad_epochs, start_epoch, step = 0, 1, 0
+    if resume:
+        state = load_checkpoint(ckpt_dir / "last.pt")
+        load_model_state(model, state["model"], ckpt_dir / "last.pt")
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        schedule.load_state_dict(state["schedule"])
+        s = state["state"]
+        best = {"val/dice": float(s["best_val"]), "epoch": int(s["best_epoch"])}
+        bad_epochs, step = int(s["bad_epochs"]), int(s["step"])
+        topk.entries = [(float(a), int(b)) for a, b in s["topk"]]
+        start_epoch = int(state["epoch"]) + 1
+        rows = [r for r in read_metrics(run_dir) if r["epoch"] < start_epoch]
+        summary["resumed_from_epoch"] = start_epoch - 1
+        torch.set_rng_state(state["rng_torch"])
+    train_model: nn.Module = model
+    if world > 1:
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if spec.train.compile:
+        train_model = torch.compile(train_model)
+    if tracker is not None and is_main:
+        tracker.start(spec, run_dir, meta)
+
+    status, error, signum = "completed", None, None
+    budget = spec.train.time_budget_s
+    epoch = start_epoch - 1
+    eval_kw = dict(head=head, device=device, precision=precision, channels_last=spec.train.channels_last)
+    with _Interrupts() as interrupts:
+        def should_stop() -> bool:
+            return interrupts.signum is not None or (budget is not None and time.perf_counter() - started >= budget)
+
+        try:
+            for epoch in range(start_epoch, spec.train.epochs + 1):
+                # Data order, augmentation and dropout all derive from (seed, epoch): resumable.
+                seed_everything(derive_seed(spec.seed, epoch))
+                data.train_sampler.set_epoch(epoch)
+                t0 = time.perf_counter()
+                train_loss, seen, step = train_one_epoch(
+                    train_model, data.train, loss_fn, optimizer, schedule, scaler, epoch=epoch, step=step,
+                    device=device, precision=precision, channels_last=spec.train.channels_last,
+                    grad_clip=spec.train.grad_clip, should_stop=should_stop,
+                )
+                train_s = time.perf_counter() - t0
+                if interrupts.signum is not None:
+                    status, signum = "interrupted", interrupts.signum
+                    epoch -= 1
+                    break
+                val = evaluate(train_model, data.val, loss_fn, ids=data.datasets["val"].ids, desc=f"epoch {epoch} val", **eval_kw)
+                row = {"epoch": epoch, "train/loss": train_loss, **{k: v for k, v in val.metrics("val").items()},
+                       "lr": optimizer.param_groups[0]["lr"], "epoch_s": time.perf_counter() - t0,
+                       "img_per_s": seen * world / max(train_s, 1e-9)}
+                rows.append(row)
+                schedule.end_epoch(val.dice)
+                if epoch == start_epoch and budget is not None:
+                    # Plan cosine/one-cycle over the epochs the budget affords at the measured speed.
+                    remaining = budget - (time.perf_counter() - started)
+                    schedule.plan(min(spec.train.epochs, epoch + int(remaining / max(row["epoch_s"], 1e-9))))
+                improved = val.dice > best["val/dice"]
+                if improved:
+                    best = {"val/dice": val.dice, "epoch": epoch}
+                    bad_epochs = 0
+                else:
+                    bad_epochs += 1
+                if is_main:
+                    payload = {
+                        "model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                        "scaler": scaler.state_dict() if scaler is not None else {},
+                        "schedule": schedule.state_dict(), "epoch": epoch, "metrics": row,
+                        "spec": spec_to_dict(spec), "rng_torch": torch.get_rng_state(),
+                        "state": {"best_val": best["val/dice"], "best_epoch": best["epoch"], "bad_epochs": bad_epochs,
+                                  "step": step, "topk": [list(e) for e in topk.entries]},
+                    }
+                    topk.offer(val.dice, epoch, payload)
+                    payload["state"]["topk"] = [list(e) for e in topk.entries]
+                    if spec.checkpoint.save_last:
+                        save_checkpoint(payload, ckpt_dir / "last.pt")
+                    write_metrics(run_dir, rows)
+                    _print_epoch(row, spec.train.epochs, improved)
+                    if tracker is not None:
+                        tracker.log_epoch(epoch, row)
+                        if epoch % spec.train.predictions_every == 0:
+                            tracker.log_predictions(epoch, _prediction_grid(_unwrap(model), data.datasets["val"], head, device, precision))
+                if on_epoch_end is not None:
+                    on_epoch_end(epoch, dict(row))
+                if spec.train.early_stopping_patience and bad_epochs >= spec.train.early_stopping_patience:
+                    summary["stopped_early"] = f"no better val/dice for {bad_epochs} epochs"
+                    break
+                if budget is not None and time.perf_counter() - started >= budget:
+                    summary["stopped_early"] = "time budget spent"
+                    break
+        except StopTraining as stop:
+            status = stop.status
+            if stop.reason:
+                summary["stopped_early"] = stop.reason
+        except _Diverged as exc:
+            status, error = "diverged", str(exc)
+            summary.update({"diverged_epoch": exc.epoch, "diverged_step": exc.step})
+            epoch -= 1
+        except Exception as exc:  # recorded as a failed run, then re-raised for the caller
+            status, error = "failed", f"{type(exc).__name__}: {exc}"
+            _finish(run_dir, summary, rows, best, epoch, started, status, error, is_main, tracker, spec)
+            raise
+
+    # Test the best checkpoint (chosen on validation) once.
+    if status in ("completed", "diverged", "pruned", "interrupted") and (ckpt_dir / "best.pt").exists() and status != "interrupted":
+        best_state = load_checkpoint(ckpt_dir / "best.pt")
+        load_model_state(_unwrap(model), best_state["model"], ckpt_dir / "best.pt")
+        test = evaluate(train_model, data.test, loss_fn, ids=data.datasets["test"].ids, desc="test", **eval_kw)
+        summary.update({k: v for k, v in test.metrics("test").items() if k != "test/loss"})
+        if is_main:
+            write_per_image(run_dir, test.per_image)
+            save_prediction_png(run_dir, _prediction_grid(_unwrap(model), data.datasets["val"], head, device, precision))
+    summary = _finish(run_dir, summary, rows, best, epoch, started, status, error, is_main, tracker, spec)
+    return RunResult(status=status, run_dir=run_dir, best_epoch=best["epoch"], metrics=summary, signal=signum)
+
+
+def _finish(run_dir: Path, summary: dict[str, Any], rows: list[dict[str, float]], best: dict[str, float],
+            epoch: int, started: float, status: str, error: str | None, is_main: bool, tracker: Any,
+            spec: ExperimentSpec) -> dict[str, Any]:
+    summary.update({
+        "status": status, "best_epoch": best["epoch"],
+        "val/dice": best["val/dice"] if best["epoch"] else float("nan"),
+        "epochs_run": len(rows), "wall_s": round(time.perf_counter() - started, 3),
+    })
+    for key in ("test/dice", "test/dice_global", "test/iou"):
+        summary.setdefault(key, float("nan"))
+    if error:
+        summary["error"] = error
+    if is_main:
+        write_json(run_dir / "summary.json", summary)
+        if rows:
+            plot_curves(run_dir, rows, f"{spec.name} (seed {spec.seed})")
+        if tracker is not None:
+            best_ckpt = run_dir / "checkpoints" / "best.pt"
+            tracker.finish(summary, best_ckpt if best_ckpt.exists() else None)
+    return summary
+
+
+def _print_epoch(row: dict[str, float], epochs: int, improved: bool) -> None:
+    mark = " *" if improved else ""
+    print(f"epoch {row['epoch']:>3}/{epochs}  train/loss {row['train/loss']:.4f}  val/loss {row['val/loss']:.4f}  "
+          f"val/dice {row['val/dice']:.4f}  val/dice_global {row['val/dice_global']:.4f}  "
+          f"{row['img_per_s']:.1f} img/s  {row['epoch_s']:.1f}s{mark}", flush=True)
+
+
+def load_run_spec(run_dir: Path) -> ExperimentSpec:
+    """The resolved spec a run folder was trained with (from its last checkpoint)."""
+    last = run_dir / "checkpoints" / "last.pt"
+    if not last.exists():
+        raise CheckpointError(f"{run_dir}: cannot resume: no checkpoints/last.pt (the run saved no epoch yet)")
+    return spec_from_dict(load_checkpoint(last).get("spec"), str(last))

@@ -1,0 +1,68 @@
+"""Train one experiment from a YAML spec, or resume an interrupted run.
+
+    python scripts/run.py experiments/unet_he_init.yaml model.init=paper optim.lr=1e-3
+    python scripts/run.py experiments/quickstart.yaml --print
+    python scripts/run.py --resume results/runs/quickstart/20261124-101500-a1b2c3
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from _cli import Parser, run_main
+
+from core.errors import SegsweepError
+from core.spec import load_spec, spec_to_yaml
+
+
+def main() -> int:
+    parser = Parser(prog="run.py", description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    parser.add_argument("spec", nargs="?", help="experiment spec (YAML)")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=1e-3")
+    parser.add_argument("--results", default="results", help="results root (default: results)")
+    parser.add_argument("--print", action="store_true", help="print the resolved spec and exit")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last.pt")
+    args = parser.parse_args()
+
+    from core.record import check_writable, new_run_dir
+
+    if args.resume:
+        from core.trainer import load_run_spec
+
+        if args.spec or args.overrides:
+            parser.error("--resume takes only the run folder (its spec is stored in the checkpoint)")
+        run_dir = Path(args.resume)
+        if not run_dir.is_dir():
+            raise SegsweepError(f"{run_dir}: --resume expects an existing run folder")
+        spec = load_run_spec(run_dir)
+        check_writable(run_dir)
+    else:
+        if not args.spec:
+            parser.error("the experiment spec is required (or --resume RUN_DIR)")
+        spec = load_spec(args.spec, args.overrides)
+        if args.print:
+            print(spec_to_yaml(spec), end="")
+            return 0
+        run_dir = new_run_dir(args.results, spec.name, create=False)
+
+    from core.tracking import build_tracker
+    from core.trainer import fit
+
+    print(f"run folder: {run_dir}", flush=True)
+    result = fit(spec, run_dir, tracker=build_tracker(spec, run_dir), resume=bool(args.resume))
+    s = result.metrics
+    print(f"status: {result.status}")
+    print(f"best val/dice: {s['val/dice']:.4f} (epoch {result.best_epoch})")
+    print(f"test/dice: {s['test/dice']:.4f}  test/dice_global: {s['test/dice_global']:.4f}  test/iou: {s['test/iou']:.4f}")
+    print(f"results: {run_dir} (metrics.csv, summary.json, curves.png, predictions.png, checkpoints/)")
+    if result.status == "interrupted":
+        print(f"resume with: python scripts/run.py --resume {run_dir}", file=sys.stderr)
+        return 128 + (result.signal or 2)
+    if result.status in ("diverged", "failed"):
+        print(f"run {result.status}: {s.get('error', '')}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,82 @@
+"""Experiment specs: loading, extends, overrides, identity, and every committed spec validates."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from core.errors import SpecError
+from core.spec import (
+    ExperimentSpec, MODEL_SIZE_DIVISORS, arm_hash, config_hash, load_spec, override_spec, parse_override,
+    spec_keys, spec_to_dict,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("spec_path", sorted((REPO / "experiments").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_committed_experiment_loads(spec_path: Path) -> None:
+    spec = load_spec(spec_path)
+    assert spec.name == spec_path.stem
+
+
+def test_extends_deep_merges_and_child_wins(tmp_path: Path) -> None:
+    write(tmp_path / "parent.yaml", "name: p\nmodel: {base_channels: 32, dropout: 0.2}\noptim: {lr: 0.01}\n")
+    write(tmp_path / "child.yaml", "extends: parent.yaml\nname: c\nmodel: {dropout: 0.0}\n")
+    spec = load_spec(tmp_path / "child.yaml")
+    assert (spec.name, spec.model.base_channels, spec.model.dropout, spec.optim.lr) == ("c", 32, 0.0, 0.01)
+
+
+def test_overrides_are_yaml_scalars_and_revalidated() -> None:
+    spec = load_spec(REPO / "experiments" / "unet_he_init.yaml",
+                     ["model.init=paper", "optim.lr=1e-3", "train.epochs=2", "model.batchnorm=false"])
+    assert spec.model.init == "paper" and spec.optim.lr == pytest.approx(1e-3)
+    assert spec.train.epochs == 2 and spec.model.batchnorm is False
+    with pytest.raises(SpecError, match="override train.epochs=0"):
+        override_spec(spec, {"train.epochs": 0})
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("optim.lr=1e-3", ("optim.lr", 1e-3)),
+    ("optim.lr=0.5", ("optim.lr", 0.5)),
+    ("train.epochs=3", ("train.epochs", 3)),
+    ("model.batchnorm=off", ("model.batchnorm", False)),
+    ("model.head=logits", ("model.head", "logits")),
+    ("train.grad_clip=null", ("train.grad_clip", None)),
+])
+def test_parse_override(text: str, expected: tuple) -> None:
+    key, value = parse_override(text)
+    assert (key, value) == expected and type(value) is type(expected[1])
+
+
+def test_config_hash_ignores_name_and_tracking_but_not_choices() -> None:
+    a = ExperimentSpec()
+    assert config_hash(a) == config_hash(override_spec(a, {"name": "other", "tracking.tensorboard": True}))
+    assert config_hash(a) != config_hash(override_spec(a, {"model.init": "paper"}))
+    assert config_hash(a) != config_hash(override_spec(a, {"seed": 1}))
+    assert arm_hash(a) == arm_hash(override_spec(a, {"seed": 1}))
+
+
+def test_spec_keys_cover_every_leaf() -> None:
+    keys = spec_keys()
+    assert {"optim.lr", "model.init", "data.augment.affine_p", "tracking.wandb.mode"} <= set(keys)
+    assert keys["optim.lr"] == spec_to_dict(ExperimentSpec())["optim"]["lr"]
+
+
+def test_size_divisors_match_the_models() -> None:
+    from core.models import MODELS, build_model
+
+    assert set(MODELS.names()) == set(MODEL_SIZE_DIVISORS)
+    for name, divisor in MODEL_SIZE_DIVISORS.items():
+        model = build_model(ExperimentSpec().model.model_copy(update={"name": name, "base_channels": 8}))
+        assert model.size_divisor == divisor
+
+
+def test_size_error_names_nearest_valid_size() -> None:
+    with pytest.raises(SpecError, match=r"data.image_size: .*divisible by 32; got 100, nearest valid size is 96"):
+        override_spec(ExperimentSpec(), {"model.name": "resnet34_unet", "data.image_size": 100})
