@@ -164,6 +164,12 @@ class ExperimentSpec(_Section):
 
     @model_validator(mode="after")
     def _size_fits_model(self) -> "ExperimentSpec":
+        if self.model.name != "resnet34_unet":
+            for key, value, default in (("decoder", self.model.decoder, "unet"),
+                                        ("encoder_weights", self.model.encoder_weights, "none")):
+                if value != default:
+                    raise _CrossFieldError(f"model.{key}", f"{key}={value!r} applies to resnet34_unet only; "
+                                           f"{self.model.name} takes {key}={default!r}")
         divisor = MODEL_SIZE_DIVISORS[self.model.name]
         size = self.data.image_size
         if size % divisor:

@@ -1,0 +1,158 @@
+"""Segmentation losses: BCE, soft Dice and focal terms (`LOSSES`), and `build_loss(spec.loss, head)`
+for their weighted sum. Each term takes the model's output as logits or as probabilities
+(`head`), skips ignored pixels (mask == 255) and computes in fp32.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from core.registry import Registry
+from core.spec import LossSpec
+
+LOSSES = Registry("loss")
+
+Head = Literal["sigmoid", "logits"]
+IGNORE = 255  # mask value excluded from every loss term and metric
+EPS = 1e-6  # probabilities of a sigmoid head are clamped to [EPS, 1 - EPS] before the logs
+SMOOTH = 1.0  # soft Dice: (2 * inter + SMOOTH) / (pred + true + SMOOTH), per image
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What every term needs, computed once per batch. All (B, H, W) float32."""
+
+    prob: torch.Tensor  # p = P(foreground)
+    log_p: torch.Tensor  # log p
+    log_1mp: torch.Tensor  # log (1 - p)
+    target: torch.Tensor  # 1 where mask == 1, else 0
+    valid: torch.Tensor  # 1 where mask != 255, else 0
+
+
+def prepare(output: torch.Tensor, mask: torch.Tensor, head: Head, eps: float = EPS) -> Prepared:
+    """output (B, 1, H, W) logits or probabilities, mask (B, H, W) uint8 {0, 1, 255}.
+
+    Logits: p = sigmoid(x), log p = logsigmoid(x), log(1-p) = logsigmoid(-x) (stable, no clamp).
+    Probabilities (sigmoid head): used as they are (no second sigmoid); for the logs they are
+    clamped to [eps, 1 - eps] with a straight-through gradient, so a saturated output gives a
+    finite loss and still passes the gradient on (like torch's BCE, unlike a plain clamp).
+    """
+    out = output.float().squeeze(1)  # (B, H, W)
+    valid = (mask != IGNORE).float()
+    target = (mask == 1).float()
+    if head == "logits":
+        return Prepared(torch.sigmoid(out), F.logsigmoid(out), F.logsigmoid(-out), target, valid)
+    if head != "sigmoid":
+        raise ValueError(f"unknown head {head!r}; valid: sigmoid, logits")
+    clamped = out + (out.clamp(eps, 1.0 - eps) - out).detach()
+    return Prepared(out, torch.log(clamped), torch.log1p(-clamped), target, valid)
+
+
+def _mean_valid(per_pixel: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean over the valid pixels of the batch (0 when there are none)."""
+    return (per_pixel * valid).sum() / valid.sum().clamp_min(1.0)
+
+
+def _bce_map(p: Prepared) -> torch.Tensor:
+    return -(p.target * p.log_p + (1.0 - p.target) * p.log_1mp)  # (B, H, W)
+
+
+class _Term(nn.Module):
+    """A loss term: `forward(output, mask)` on its own, `from_prepared` inside a weighted sum."""
+
+    def __init__(self, head: Head):
+        super().__init__()
+        self.head = head
+
+    def from_prepared(self, p: Prepared, output: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, output: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(output.device.type, enabled=False):
+            return self.from_prepared(prepare(output, mask, self.head), output)
+
+
+@LOSSES.register("bce")
+class BCE(_Term):
+    """Binary cross-entropy averaged over the valid pixels of the batch.
+
+    Logits: `binary_cross_entropy_with_logits`; probabilities: -(t log p + (1-t) log(1-p))
+    with p clamped (written out, since `F.binary_cross_entropy` refuses CUDA autocast).
+    """
+
+    def from_prepared(self, p: Prepared, output: torch.Tensor) -> torch.Tensor:
+        if self.head == "logits":
+            logits = output.float().squeeze(1)
+            per_pixel = F.binary_cross_entropy_with_logits(logits, p.target, reduction="none")
+        else:
+            per_pixel = _bce_map(p)
+        return _mean_valid(per_pixel, p.valid)
+
+
+@LOSSES.register("dice")
+class SoftDice(_Term):
+    """1 - soft Dice, computed per image and averaged over the batch.
+
+    Dice_i = (2 sum(p t) + s) / (sum(p) + sum(t) + s) over image i's valid pixels, s = `smooth`
+    (1 by default): an image with no foreground predicted where there is none scores 1 (as the
+    metric's both-empty convention), and the gradient stays finite on empty images.
+    """
+
+    def __init__(self, head: Head, smooth: float = SMOOTH):
+        super().__init__(head)
+        self.smooth = smooth
+
+    def from_prepared(self, p: Prepared, output: torch.Tensor) -> torch.Tensor:
+        prob = p.prob * p.valid
+        target = p.target * p.valid
+        inter = (prob * target).sum(dim=(1, 2))  # (B,)
+        denom = prob.sum(dim=(1, 2)) + target.sum(dim=(1, 2))
+        dice = (2.0 * inter + self.smooth) / (denom + self.smooth)
+        return 1.0 - dice.mean()
+
+
+@LOSSES.register("focal")
+class Focal(_Term):
+    """Focal loss (Lin et al. 2017) without class weighting: (1 - p_t)^gamma * BCE, averaged over
+    valid pixels; equals torchvision's `sigmoid_focal_loss(alpha=-1)` for logits."""
+
+    def __init__(self, head: Head, gamma: float = 2.0):
+        super().__init__(head)
+        self.gamma = gamma
+
+    def from_prepared(self, p: Prepared, output: torch.Tensor) -> torch.Tensor:
+        bce = _bce_map(p)
+        p_t = torch.exp(-bce)  # probability given to the true class
+        return _mean_valid((1.0 - p_t).pow(self.gamma) * bce, p.valid)
+
+
+class SegmentationLoss(nn.Module):
+    """sum_k weight_k * term_k(output, mask); terms with weight 0 are not computed."""
+
+    def __init__(self, terms: dict[str, _Term], weights: dict[str, float], head: Head):
+        super().__init__()
+        self.terms = nn.ModuleDict(terms)
+        self.weights = dict(weights)
+        self.head = head
+
+    def components(self, output: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each term's unweighted value (for logging)."""
+        with torch.autocast(output.device.type, enabled=False):
+            p = prepare(output, mask, self.head)
+            return {name: term.from_prepared(p, output) for name, term in self.terms.items()}
+
+    def forward(self, output: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        parts = self.components(output, mask)
+        return sum(self.weights[name] * value for name, value in parts.items())
+
+
+def build_loss(spec: LossSpec, head: Head) -> SegmentationLoss:
+    """`bce * BCE + dice * SoftDice + focal * Focal` for a model whose output is `head`."""
+    params = {"bce": {}, "dice": {}, "focal": {"gamma": spec.focal_gamma}}
+    weights = {name: float(getattr(spec, name)) for name in params if getattr(spec, name) > 0}
+    terms = {name: LOSSES.build(name, head=head, **params[name]) for name in weights}
+    return SegmentationLoss(terms, weights, head)

@@ -1,0 +1,110 @@
+"""End-to-end `fit` on the synthetic data: the full local record, checkpoints, hooks, statuses."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from core.record import METRIC_COLUMNS
+from core.spec import spec_from_dict
+from core.trainer import StopTraining, evaluate_checkpoint, fit
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_fit_writes_the_full_record_and_best_reloads(tiny_spec, tmp_path: Path) -> None:
+    spec = tiny_spec(**{"train.epochs": 3, "checkpoint.keep_best": 2})
+    seen: list[tuple[int, float]] = []
+    result = fit(spec, tmp_path / "run", on_epoch_end=lambda e, m: seen.append((e, m["val/dice"])))
+    run = result.run_dir
+    assert result.status == "completed"
+    for name in ("config.yaml", "metrics.csv", "summary.json", "test_per_image.csv", "curves.png",
+                 "predictions.png", "checkpoints/best.pt", "checkpoints/best-2.pt", "checkpoints/last.pt"):
+        assert (run / name).is_file(), name
+    assert spec_from_dict(yaml.safe_load((run / "config.yaml").read_text())) == spec
+
+    rows = read_csv(run / "metrics.csv")
+    assert list(rows[0]) == list(METRIC_COLUMNS)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert [e for e, _ in seen] == [1, 2, 3]
+    assert [float(r["val/dice"]) for r in rows] == [d for _, d in seen]
+
+    summary = json.loads((run / "summary.json").read_text())
+    for key in ("status", "best_epoch", "val/dice", "test/dice", "test/dice_global", "test/iou", "epochs_run",
+                "wall_s", "seed", "config_hash", "git_sha", "device", "versions"):
+        assert key in summary, key
+    best_row = rows[summary["best_epoch"] - 1]
+    assert summary["val/dice"] == max(float(r["val/dice"]) for r in rows) == float(best_row["val/dice"])
+    per_image = read_csv(run / "test_per_image.csv")
+    assert len(per_image) == spec.data.synthetic.num_test
+    assert summary["test/dice"] == pytest.approx(sum(float(r["dice"]) for r in per_image) / len(per_image))
+
+    # best.pt loads without unpickling code and reproduces the logged validation Dice.
+    state = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    assert state["epoch"] == summary["best_epoch"] and spec_from_dict(state["spec"]) == spec
+    _, val = evaluate_checkpoint(run, "val")
+    assert val.dice == pytest.approx(summary["val/dice"], abs=1e-6)
+    second = torch.load(run / "checkpoints" / "best-2.pt", weights_only=True)
+    assert second["metrics"]["val/dice"] <= state["metrics"]["val/dice"]
+
+
+def test_hook_can_stop_training_as_pruned(tiny_spec, tmp_path: Path) -> None:
+    def prune(epoch: int, metrics: dict) -> None:
+        if epoch == 1:
+            raise StopTraining("pruned", "pruned by test")
+
+    result = fit(tiny_spec(**{"train.epochs": 3}), tmp_path / "run", on_epoch_end=prune)
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert result.status == summary["status"] == "pruned"
+    assert summary["epochs_run"] == 1
+    assert math.isfinite(summary["test/dice"])  # the best checkpoint so far is still tested
+
+
+def test_nonfinite_loss_is_recorded_as_diverged(tiny_spec, tmp_path: Path, monkeypatch) -> None:
+    import core.trainer as trainer
+
+    real = trainer.build_loss
+
+    def exploding(spec, head):
+        loss = real(spec, head)
+        calls = {"n": 0}
+
+        def forward(output, mask):
+            calls["n"] += 1
+            value = loss(output, mask)
+            return value * float("nan") if calls["n"] == 8 else value
+
+        return forward
+
+    monkeypatch.setattr(trainer, "build_loss", exploding)
+    spec = tiny_spec(**{"train.epochs": 3})
+    result = fit(spec, tmp_path / "run")
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert result.status == summary["status"] == "diverged"
+    assert summary["diverged_epoch"] == 2 and "non-finite loss" in summary["error"]
+    assert summary["epochs_run"] == 1
+
+
+def test_early_stopping_and_time_budget(tiny_spec, tmp_path: Path) -> None:
+    result = fit(tiny_spec(**{"train.epochs": 50, "train.time_budget_s": 0.5}), tmp_path / "budget")
+    summary = result.metrics
+    assert result.status == "completed" and summary["epochs_run"] < 50
+    assert summary["stopped_early"] == "time budget spent" and summary["time_budget_s"] == 0.5
+    assert math.isfinite(summary["test/dice"])
+
+
+def test_evaluate_script_matches_summary(tiny_spec, tmp_path: Path, cli) -> None:
+    result = fit(tiny_spec(), tmp_path / "run")
+    out = cli("evaluate.py", result.run_dir, "--split", "test", "--per-image", tmp_path / "per.csv")
+    assert out.code == 0, out.err
+    metrics = json.loads(out.out[: out.out.rindex("}") + 1])
+    assert metrics["test/dice"] == pytest.approx(result.metrics["test/dice"], abs=1e-5)
+    assert len(read_csv(tmp_path / "per.csv")) == len(read_csv(result.run_dir / "test_per_image.csv"))
