@@ -471,6 +471,8 @@ def fit(
                         "scaler": scaler.state_dict() if scaler is not None else {},
                         "schedule": schedule.state_dict(), "epoch": epoch, "metrics": row,
                         "spec": spec_to_dict(spec), "rng_torch": torch.get_rng_state(),
+                        "normalization": {"mean": data.datasets["train"].mean.tolist(),
+                                          "std": data.datasets["train"].std.tolist()},
                         "state": {"best_val": best["val/dice"], "best_epoch": best["epoch"], "bad_epochs": bad_epochs,
                                   "step": step, "topk": [list(e) for e in topk.entries]},
                     }

@@ -108,3 +108,19 @@ def test_evaluate_script_matches_summary(tiny_spec, tmp_path: Path, cli) -> None
     metrics = json.loads(out.out[: out.out.rindex("}") + 1])
     assert metrics["test/dice"] == pytest.approx(result.metrics["test/dice"], abs=1e-5)
     assert len(read_csv(tmp_path / "per.csv")) == len(read_csv(result.run_dir / "test_per_image.csv"))
+
+
+def test_predict_script_writes_masks_and_overlays(tiny_spec, tmp_path: Path, cli, synthetic_root: Path) -> None:
+    import cv2
+
+    result = fit(tiny_spec(), tmp_path / "run")
+    images = sorted((synthetic_root / "images").glob("*.jpg"))[:2]
+    out = cli("predict.py", result.run_dir / "checkpoints" / "best.pt", *images, "--out", tmp_path / "preds")
+    assert out.code == 0, out.err
+    for image in images:
+        mask = cv2.imread(str(tmp_path / "preds" / f"{image.stem}_mask.png"), cv2.IMREAD_UNCHANGED)
+        original = cv2.imread(str(image))
+        assert mask.shape == original.shape[:2] and set(mask.ravel().tolist()) <= {0, 255}
+        assert (tmp_path / "preds" / f"{image.stem}_overlay.png").is_file()
+    missing = cli("predict.py", result.run_dir / "checkpoints" / "best.pt", tmp_path / "nope.jpg", "--out", tmp_path / "p2")
+    assert missing.code == 2 and "nope.jpg" in missing.err
