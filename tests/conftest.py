@@ -28,6 +28,7 @@ TINY = {
     "train.epochs": 2,
     "train.batch_size": 8,
     "tracking.wandb.mode": "disabled",
+    "train.threads": 1,  # tests share 2 cores; more threads per process only thrash
 }
 
 

@@ -1,0 +1,500 @@
+"""Sweep specs: W&B's sweep vocabulary plus `experiment`, `seeds`, `arms`, `run_cap` and `optuna:`,
+validated as strictly as experiment specs and resolved against the base experiment (`load_sweep`);
+`to_wandb_config` translates one to W&B. Both engines apply parameters with `override_spec`.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from itertools import product
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, ValidationError, model_validator
+
+from core.errors import SpecError
+from core.spec import (
+    ExperimentSpec, arm_hash, config_hash, flatten, load_spec, override_spec, parse_override, read_yaml, spec_keys,
+    spec_to_dict,
+)
+
+# A parameter value: what a YAML scalar can be (Optuna's categorical choices are exactly these).
+Scalar = Union[StrictBool, StrictInt, StrictFloat, str, None]
+
+# W&B distributions the Optuna engine can sample faithfully (W&B's normal/q_log families are not).
+DISTRIBUTIONS = ("constant", "categorical", "int_uniform", "uniform", "q_uniform", "log_uniform_values", "log_uniform")
+WANDB_ONLY = ("normal", "q_normal", "log_normal", "q_log_normal", "q_log_uniform", "q_log_uniform_values",
+              "inv_log_uniform", "inv_log_uniform_values", "beta", "q_beta")
+# Metrics the trainer reports every epoch (a metrics.csv column), so pruning can see them.
+EPOCH_METRICS = ("val/dice", "val/dice_global", "val/iou", "val/loss", "train/loss")
+# Keys a sweep may not vary: the seed has its own `seeds:` list; name and tracking change no result.
+RESERVED_KEYS = {"seed": "use `seeds: [...]` for replicates", "name": "the sweep names every trial"}
+WANDB_JOB_TYPE_MAX = 64  # W&B refuses longer job types
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ParameterSpec(_Section):
+    """One W&B parameter: `value`, `values`, or `min`/`max` with a `distribution` (and `q`)."""
+
+    value: Scalar = None  # constant (whether it was given is read from model_fields_set)
+    values: tuple[Scalar, ...] | None = Field(None, min_length=1)
+    min: StrictInt | StrictFloat | None = None
+    max: StrictInt | StrictFloat | None = None
+    distribution: str | None = None
+    q: StrictInt | StrictFloat | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> "ParameterSpec":
+        has_value, has_values = "value" in self.model_fields_set, self.values is not None
+        has_range = self.min is not None or self.max is not None
+        if has_value + has_values + has_range != 1:
+            raise ValueError("give exactly one of `value`, `values`, or `min` and `max`")
+        dist = self.kind
+        if dist in WANDB_ONLY:
+            raise ValueError(f"distribution {dist} is W&B-only (the Optuna engine cannot sample it); "
+                             f"valid: {', '.join(DISTRIBUTIONS)}")
+        if dist not in DISTRIBUTIONS:
+            close = difflib.get_close_matches(str(dist), DISTRIBUTIONS, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ValueError(f"distribution {dist!r} is not supported; {hint}valid: {', '.join(DISTRIBUTIONS)}")
+        if has_values and len(set(map(_canonical, self.values))) != len(self.values):
+            raise ValueError(f"values has duplicates: {list(self.values)}")
+        wanted = {"constant": has_value, "categorical": has_values}.get(dist, has_range)
+        if not wanted:
+            form = {"constant": "`value`", "categorical": "`values`"}.get(dist, "`min` and `max`")
+            raise ValueError(f"distribution {dist} takes {form}")
+        if has_range:
+            if self.min is None or self.max is None:
+                raise ValueError("a range needs both `min` and `max`")
+            if not self.min < self.max:
+                raise ValueError(f"min must be below max (got min {self.min}, max {self.max})")
+            if dist == "int_uniform" and not (isinstance(self.min, int) and isinstance(self.max, int)):
+                raise ValueError("int_uniform needs integer min and max")
+            if dist == "log_uniform_values" and self.min <= 0:
+                raise ValueError(f"log_uniform_values needs min > 0 (got {self.min})")
+        if self.q is not None and dist != "q_uniform":
+            raise ValueError("`q` is only used with distribution q_uniform")
+        return self
+
+    @property
+    def kind(self) -> str:
+        """The distribution, inferred as W&B does when it is not given."""
+        if self.distribution is not None:
+            return self.distribution
+        if "value" in self.model_fields_set:
+            return "constant"
+        if self.values is not None:
+            return "categorical"
+        both_int = isinstance(self.min, int) and isinstance(self.max, int)
+        return "int_uniform" if both_int else "uniform"
+
+    def bounds(self) -> tuple[float, float]:
+        """The (low, high) of the sampled values (`log_uniform` takes exponents of e)."""
+        assert self.min is not None and self.max is not None
+        if self.kind == "log_uniform":
+            return math.exp(self.min), math.exp(self.max)
+        return self.min, self.max
+
+
+class MetricSpec(_Section):
+    name: Literal[EPOCH_METRICS] = "val/dice"  # type: ignore[valid-type]
+    goal: Literal["maximize", "minimize"] = "maximize"
+
+
+class EarlyTerminateSpec(_Section):
+    """W&B's hyperband early termination; the Optuna engine maps it to HyperbandPruner."""
+
+    type: Literal["hyperband"] = "hyperband"
+    min_iter: int = Field(1, ge=1)  # epochs before the first pruning decision
+    max_iter: int | None = Field(None, ge=1)  # None: the experiment's train.epochs
+    eta: int = Field(3, ge=2)  # reduction factor
+
+
+class OptunaSpec(_Section):
+    sampler_seed: int = Field(0, ge=0)  # random/bayes: each trial's sampler is seeded from (this, trial number)
+    pruner: Literal["none", "median", "hyperband", "successive_halving"] | None = None  # None: from early_terminate
+    prune_grid: bool = False  # grid cells are compared across seeds: pruning them biases that
+    n_startup_trials: int | None = Field(None, ge=0)  # TPE's random start and the median pruner's; None: Optuna's
+    storage: str | None = None  # RDB URL or journal file; None: <sweep folder>/journal.log
+    heartbeat_interval: int = Field(10, ge=1)  # seconds between a running trial's heartbeats
+    grace_period: int = Field(60, ge=2)  # seconds without a heartbeat before a trial is stale and retried
+    max_retry: int = Field(3, ge=0)  # stale retries of one trial per run of the command
+
+
+class SweepSpec(_Section):
+    name: str | None = Field(None, min_length=1, pattern=r"^[A-Za-z0-9_.+-]+$")  # None: the file's stem
+    description: str | None = None
+    experiment: str = Field(min_length=1)  # base experiment spec, relative to this file
+    method: Literal["grid", "random", "bayes"]
+    metric: MetricSpec = MetricSpec()
+    parameters: dict[str, ParameterSpec] = {}
+    arms: tuple[dict[str, Scalar], ...] | None = Field(None, min_length=1)  # grid only: one-factor-at-a-time
+    seeds: tuple[int, ...] | None = Field(None, min_length=1)  # None: the experiment's seed
+    run_cap: int | None = Field(None, ge=1)  # random/bayes: trials in total, across workers and machines
+    early_terminate: EarlyTerminateSpec | None = None
+    keep_last: bool = False  # keep every trial's checkpoints/last.pt (best.pt is always kept)
+    optuna: OptunaSpec = OptunaSpec()
+
+    @model_validator(mode="after")
+    def _method_rules(self) -> "SweepSpec":
+        if self.seeds is not None:
+            if any(s < 0 for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
+                raise _KeyError("seeds", f"expected distinct non-negative integers, got {list(self.seeds)}")
+        sampled = [k for k, p in self.parameters.items() if p.kind not in ("constant", "categorical")]
+        if self.method == "grid":
+            if sampled:
+                raise _KeyError(f"parameters.{sampled[0]}", "grid enumerates `values`; a range needs method random or bayes")
+            if self.run_cap is not None:
+                raise _KeyError("run_cap", "grid runs every cell x seed exactly once; run_cap is for random/bayes")
+        else:
+            if self.arms is not None:
+                raise _KeyError("arms", "arms are cells of a grid; use method: grid")
+            if self.run_cap is None:
+                raise _KeyError("run_cap", f"method {self.method} needs run_cap (the number of trials)")
+            if self.seeds is not None and len(self.seeds) > 1:
+                raise _KeyError("seeds", f"method {self.method} samples one configuration per trial: give one seed "
+                                "(replicates across seeds are for grid sweeps)")
+            if not any(p.kind != "constant" for p in self.parameters.values()):
+                raise _KeyError("parameters", f"method {self.method} needs at least one parameter to search")
+        pruner = self.optuna.pruner
+        if self.early_terminate is not None and pruner not in (None, "hyperband"):
+            raise _KeyError("optuna.pruner", f"early_terminate asks for hyperband but optuna.pruner is {pruner}; "
+                            "keep one of them")
+        return self
+
+    @property
+    def pruner(self) -> str:
+        return self.optuna.pruner or ("hyperband" if self.early_terminate is not None else "none")
+
+
+class _KeyError(ValueError):
+    """A cross-field rule of the sweep spec, raised with the dotted key it concerns."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
+# --------------------------------------------------------------------------- the resolved sweep
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One arm of a grid: its overrides of the base experiment (the seed is added per trial)."""
+
+    label: str  # 'model.init=paper,model.dropout=0.1' or 'baseline'
+    overrides: dict[str, Any]
+    params: dict[str, Any]  # what Optuna records as the trial's params (besides `seed`)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    path: Path
+    spec: SweepSpec
+    name: str
+    base: ExperimentSpec  # the experiment with command-line overrides and constant parameters applied
+    overrides: tuple[str, ...]  # the command-line overrides, as given
+    seeds: tuple[int, ...]
+    cells: tuple[Cell, ...]  # grid only; empty for random/bayes
+    hash: str  # identity of what the sweep runs: a study of the same name must match it
+
+    @property
+    def method(self) -> str:
+        return self.spec.method
+
+    @property
+    def searched(self) -> dict[str, ParameterSpec]:
+        """The parameters random/bayes sample (constants are already in `base`)."""
+        return {k: p for k, p in self.spec.parameters.items() if p.kind != "constant"}
+
+    def trial_spec(self, overrides: Mapping[str, Any], seed: int, run_name: str, label: str) -> ExperimentSpec:
+        """The experiment one trial trains: base + overrides + seed, tracked in the sweep's W&B group."""
+        return override_spec(self.base, {
+            **overrides, "seed": seed, "name": run_name,
+            "tracking.wandb.group": self.name, "tracking.wandb.job_type": job_type(label),
+        })
+
+    def resolved(self, storage: str | None = None) -> dict[str, Any]:
+        """What `sweep.yaml` records: the spec as written plus everything it resolved to."""
+        tree = self.spec.model_dump(mode="json", exclude_none=True)
+        if storage is not None:
+            tree["optuna"]["storage"] = storage
+        return {
+            **tree, "name": self.name, "sweep_file": str(self.path),
+            "overrides": list(self.overrides), "seeds": list(self.seeds), "sweep_hash": self.hash,
+            "cells": [{"label": c.label, "overrides": c.overrides} for c in self.cells],
+            "experiment_spec": spec_to_dict(self.base),
+        }
+
+
+def fmt_value(value: Any) -> str:
+    """A short, YAML-like rendering for labels: 0.0001 -> 1e-04, True -> true."""
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def cell_label(overrides: Mapping[str, Any]) -> str:
+    return ",".join(f"{k}={fmt_value(v)}" for k, v in overrides.items()) or "baseline"
+
+
+def job_type(label: str) -> str:
+    """W&B's job_type for an arm: its label, shortened with a hash suffix when too long."""
+    if len(label) <= WANDB_JOB_TYPE_MAX:
+        return label
+    digest = hashlib.sha256(label.encode()).hexdigest()[:6]
+    return f"{label[: WANDB_JOB_TYPE_MAX - 7]}~{digest}"
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def _hash(tree: Any) -> str:
+    return hashlib.sha256(json.dumps(tree, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _user_loc(raw: Sequence[Any]) -> tuple[list[str], int]:
+    """The dotted location the user wrote, without pydantic's union branches ('int', 'str', ...)."""
+    loc = [str(p) for p in raw]
+    branches = 0
+    while loc and (loc[-1] in {"int", "float", "str", "bool", "none"} or any(c in loc[-1] for c in "[(")):
+        loc.pop()
+        branches += 1
+    return loc, branches
+
+
+def _describe(error: Mapping[str, Any]) -> tuple[str, str]:
+    """(dotted key, message) for one pydantic error on a sweep file."""
+    cross = error.get("ctx", {}).get("error")
+    if isinstance(cross, _KeyError):
+        return cross.key, str(cross)
+    loc, branches = _user_loc(error["loc"])
+    if branches and (loc[0] == "arms" or loc[-1] == "value" or loc[-2:-1] == ["values"]):
+        return ".".join(loc), f"expected a single value (string, number, true/false or null), got {error['input']!r}"
+    if error["type"] in ("tuple_type", "list_type"):
+        return ".".join(loc), f"expected a list, got {error['input']!r}"
+    if error["type"] == "extra_forbidden":
+        parent: type[BaseModel] = SweepSpec
+        sections = {"metric": MetricSpec, "early_terminate": EarlyTerminateSpec, "optuna": OptunaSpec}
+        if len(loc) == 2 and loc[0] in sections:
+            parent = sections[loc[0]]
+        elif len(loc) == 3 and loc[0] == "parameters":
+            parent = ParameterSpec
+        elif len(loc) != 1:
+            return ".".join(loc), "unknown key"
+        valid = list(parent.model_fields)
+        close = difflib.get_close_matches(loc[-1], valid, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        return ".".join(loc), f"unknown key; {hint}valid keys: {', '.join(valid)}"
+    message = error["msg"].removeprefix("Value error, ")
+    if "input" in error and error["type"] != "missing" and not isinstance(error["input"], Mapping):
+        message = f"{message} (got {error['input']!r})"
+    return ".".join(loc), message
+
+
+def _check_key(path: Path, where: str, key: str) -> None:
+    """A varied key must be a key of the experiment spec that changes what is trained."""
+    if key in RESERVED_KEYS:
+        raise SpecError(f"{path}: {where}: {key!r} cannot be varied here; {RESERVED_KEYS[key]}")
+    if key == "tracking" or key.startswith("tracking."):
+        raise SpecError(f"{path}: {where}: tracking settings change no result; set them in the experiment spec")
+    keys = spec_keys()
+    if key not in keys:
+        close = difflib.get_close_matches(key, list(keys), n=3, cutoff=0.7)
+        hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+        sections = sorted({k.split('.')[0] for k in keys})
+        raise SpecError(f"{path}: {where}: {key!r} is not a key of the experiment spec{hint} "
+                        f"(dotted keys under: {', '.join(sections)})")
+
+
+def _check_value(path: Path, where: str, base: ExperimentSpec, key: str, value: Any) -> None:
+    """Each value a parameter can take must validate in the experiment spec."""
+    try:
+        override_spec(base, {key: value})
+    except SpecError as exc:
+        reason = str(exc).removeprefix(f"override {key}={value!r}: ")
+        raise SpecError(f"{path}: {where} = {value!r} is invalid for the experiment: {reason}") from None
+
+
+def load_sweep(path: str | Path, overrides: Sequence[str] | Mapping[str, Any] = ()) -> Sweep:
+    """Read and validate a sweep file; `overrides` (dotted key=value) apply to its base experiment."""
+    path = Path(path)
+    tree = read_yaml(path)
+    try:
+        spec = SweepSpec.model_validate(tree)
+    except ValidationError as exc:
+        key, message = _describe(exc.errors()[0])
+        places = {tuple(_user_loc(e["loc"])[0]) for e in exc.errors()}
+        more = f" (+{len(places) - 1} more)" if len(places) > 1 else ""
+        raise SpecError(f"{path}: {key}: {message}{more}") from None
+    name = spec.name or path.stem
+    if not spec.name and not all(c.isalnum() or c in "_.+-" for c in name):
+        raise SpecError(f"{path}: name: the file name {name!r} is not a valid sweep name; set `name:`")
+
+    experiment = (path.parent / spec.experiment)
+    if not experiment.is_file():
+        raise SpecError(f"{path}: experiment: {spec.experiment!r} not found (looked at {experiment})")
+    cli = tuple(overrides) if not isinstance(overrides, Mapping) else tuple(f"{k}={v}" for k, v in overrides.items())
+    typed = dict(overrides.items()) if isinstance(overrides, Mapping) else dict(map(parse_override, overrides))
+    varied = [k for k, p in spec.parameters.items() if p.kind != "constant"] + [k for a in spec.arms or () for k in a]
+    clash = next((k for k in typed if k in varied), None)
+    if clash is not None:
+        raise SpecError(f"override {clash}={typed[clash]!r}: {clash} is varied by the sweep {path}; "
+                        "remove it from the command line or from the sweep's parameters/arms")
+    base = load_spec(experiment, typed)
+
+    for key, param in spec.parameters.items():
+        _check_key(path, f"parameters.{key}", key)
+        if param.kind == "constant":
+            if key not in typed:  # the command line has the last word over a constant
+                _check_value(path, f"parameters.{key}.value", base, key, param.value)
+        elif param.kind == "categorical":
+            for i, value in enumerate(param.values or ()):
+                _check_value(path, f"parameters.{key}.values[{i}]", base, key, value)
+        else:
+            low, high = param.bounds()
+            _check_value(path, f"parameters.{key}.min", base, key, low)
+            _check_value(path, f"parameters.{key}.max", base, key, high)
+            if param.kind in ("uniform", "q_uniform", "log_uniform_values", "log_uniform"):
+                # A float range on an integer key would fail only when sampled: try a fractional point.
+                probe = low + (high - low) * 0.37
+                try:
+                    override_spec(base, {key: probe})
+                except SpecError:
+                    raise SpecError(f"{path}: parameters.{key}: a float range on an integer key; use "
+                                    "distribution: int_uniform with integer min and max") from None
+    constants = {k: p.value for k, p in spec.parameters.items() if p.kind == "constant" and k not in typed}
+    base = override_spec(base, constants) if constants else base
+    seeds = spec.seeds or (base.seed,)
+
+    cells = _grid_cells(path, spec, base) if spec.method == "grid" else ()
+    identity = {
+        "sweep": spec.model_dump(mode="json", exclude={"run_cap": True, "keep_last": True, "optuna": {
+            "storage": True, "heartbeat_interval": True, "grace_period": True, "max_retry": True}}),
+        "name": name, "base": {k: v for k, v in spec_to_dict(base).items() if k not in ("tracking", "name")},
+        "seeds": list(seeds), "cells": [c.overrides for c in cells],
+    }
+    return Sweep(path=path, spec=spec, name=name, base=base, overrides=cli, seeds=tuple(seeds), cells=cells,
+                 hash=_hash(identity))
+
+
+def _grid_cells(path: Path, spec: SweepSpec, base: ExperimentSpec) -> tuple[Cell, ...]:
+    """Arms x the product of categorical parameters; every cell validated, no two cells alike."""
+    grid = {k: p.values for k, p in spec.parameters.items() if p.kind == "categorical"}
+    arms = spec.arms if spec.arms is not None else ({},)
+    for i, arm in enumerate(arms):
+        for key, value in arm.items():
+            _check_key(path, f"arms[{i}]", key)
+            if key in grid:
+                raise SpecError(f"{path}: arms[{i}]: {key!r} is also a grid parameter; vary it in one place")
+            if key in spec.parameters:
+                raise SpecError(f"{path}: arms[{i}]: {key!r} is a constant parameter; an arm cannot change it")
+            _check_value(path, f"arms[{i}].{key}", base, key, value)
+    arm_labels = [cell_label(arm) for arm in arms]
+    cells: list[Cell] = []
+    seen: dict[str, str] = {}
+    for arm_index, arm in enumerate(arms):
+        for combo in product(*grid.values()):
+            overrides = {**arm, **dict(zip(grid, combo))}
+            try:
+                cell_spec = override_spec(base, overrides)
+            except SpecError as exc:
+                raise SpecError(f"{path}: cell {cell_label(overrides)}: {exc}") from None
+            label = cell_label(overrides)
+            identity = arm_hash(cell_spec)
+            if identity in seen:
+                raise SpecError(f"{path}: cells {seen[identity]!r} and {label!r} train the same configuration; "
+                                "remove one (an arm equal to the baseline, or a repeated value)")
+            seen[identity] = label
+            params = dict(zip(grid, combo))
+            if spec.arms is not None:
+                params = {"arm": arm_labels[arm_index], **params}
+            cells.append(Cell(label=label, overrides=overrides, params=params))
+    return tuple(cells)
+
+
+def arm_choices(sweep: Sweep) -> dict[str, tuple[Any, ...]]:
+    """Categorical choices of each grid param (as Optuna records them), seeds included."""
+    choices: dict[str, list[Any]] = {}
+    for cell in sweep.cells:
+        for key, value in cell.params.items():
+            bucket = choices.setdefault(key, [])
+            if value not in bucket:
+                bucket.append(value)
+    choices["seed"] = list(sweep.seeds)
+    return {k: tuple(v) for k, v in choices.items()}
+
+
+def cell_config_hash(sweep: Sweep, cell: Cell, seed: int) -> tuple[str, str]:
+    """(config_hash, arm_hash) of one cell x seed, exactly as the trained run records them."""
+    spec = override_spec(sweep.base, {**cell.overrides, "seed": seed})
+    return config_hash(spec), arm_hash(spec)
+
+
+def base_values(sweep: Sweep) -> dict[str, Any]:
+    """Every dotted key of the base experiment with its value (fills blank cells of trials.csv)."""
+    return flatten(spec_to_dict(sweep.base))
+
+
+# --------------------------------------------------------------------------- W&B
+
+
+def to_wandb_config(sweep: Sweep) -> dict[str, Any]:
+    """The W&B sweep configuration for `sweep` (a pure function of it).
+
+    Our additions are translated: `seeds` becomes the `seed` parameter (a grid over it), `arms`
+    a categorical `arm` parameter whose labels the in-process agent maps back to overrides;
+    `experiment`, `keep_last` and `optuna` are dropped (the agent runs in-process, so no
+    `program`). Constant parameters stay W&B constants.
+    """
+    spec = sweep.spec
+    base = base_values(sweep)
+    parameters: dict[str, Any] = {}
+    if spec.arms is not None:
+        parameters["arm"] = {"values": [cell_label(arm) for arm in spec.arms]}
+    for key, param in spec.parameters.items():
+        entry = param.model_dump(mode="json", exclude_none=True, exclude={"value"})
+        if param.kind == "constant":
+            entry = {"value": base[key]}  # as resolved: a command-line override has the last word
+        if "values" in entry:
+            entry["values"] = list(entry["values"])
+        parameters[key] = entry
+    parameters["seed"] = {"values": list(sweep.seeds)} if spec.method == "grid" else {"value": sweep.seeds[0]}
+    config: dict[str, Any] = {
+        "name": sweep.name, "method": spec.method,
+        "metric": {"name": spec.metric.name, "goal": spec.metric.goal}, "parameters": parameters,
+    }
+    if spec.description:
+        config["description"] = spec.description
+    if spec.run_cap is not None:
+        config["run_cap"] = spec.run_cap
+    if spec.early_terminate is not None:
+        config["early_terminate"] = spec.early_terminate.model_dump(mode="json", exclude_none=True)
+    return config
+
+
+def wandb_overrides(sweep: Sweep, config: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
+    """(overrides, seed) from a W&B run's config: the inverse of `to_wandb_config`'s parameters."""
+    arms = {cell_label(arm): dict(arm) for arm in (sweep.spec.arms or ())}
+    overrides: dict[str, Any] = {}
+    if sweep.spec.arms is not None:
+        label = config.get("arm")
+        if label not in arms:
+            raise SpecError(f"W&B run config: arm {label!r} is not an arm of {sweep.path} (valid: {', '.join(arms)})")
+        overrides.update(arms[label])
+    for key, param in sweep.spec.parameters.items():
+        if param.kind != "constant" and key in config:
+            overrides[key] = config[key]
+    return overrides, int(config.get("seed", sweep.seeds[0]))
