@@ -5,10 +5,9 @@ A checkpoint is a dict of tensors and plain types only, so it loads without unpi
 """
 from __future__ import annotations
 
-import errno
 import os
 import pickle
-import zipfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,42 +18,55 @@ from core.record import atomic_write
 
 
 def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
-    """Write `payload` to `path` atomically; on a full disk the previous file stays intact."""
+    """Write `payload` to `path` atomically; on a full disk the previous file stays intact and
+    a `CheckpointError` says so."""
 
     def write(tmp: Path) -> None:
-        torch.save(payload, tmp)
+        # Through a Python file: torch.save(path) reports a full disk as a bare RuntimeError,
+        # a file object lets the OSError (ENOSPC) through.
+        with open(tmp, "wb") as fh:
+            torch.save(payload, fh)
 
-    try:
-        atomic_write(path, write)
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise CheckpointError(
-                f"{path}: no space left on device while saving; the previous checkpoint is intact"
-            ) from None
-        raise
+    atomic_write(path, write, CheckpointError)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint with `weights_only=True`; anything unusable is a `CheckpointError`."""
+    """Load a checkpoint with `weights_only=True`; anything unusable is a `CheckpointError`.
+
+    Only tensors and plain values are unpickled: a file that would construct other objects
+    (and so could run code) is refused before anything in it runs.
+    """
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"{path}: is a directory, expected a checkpoint file (.pt)")
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. pickle-protocol notices: the error says it all
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
-        raise CheckpointError(
-            f"{path}: refused: the file holds objects that are not plain tensors/values "
-            f"(loaded with weights_only=True; {first[:160]})"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt: {first[:160]})") from None
+        reason = _reason(exc)
+        if "global" in reason.lower():  # a class or function to call: how pickles run code
+            raise CheckpointError(
+                f"{path}: refused: it holds objects other than tensors and plain values, which could run code "
+                f"when loaded (weights_only=True: {reason})"
+            ) from None
+        raise CheckpointError(f"{path}: not a readable checkpoint (not a weights-only pickle: {reason})") from None
+    except Exception as exc:  # truncated zip, random bytes, empty file...
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt: {_reason(exc)})") from None
     if not isinstance(payload, dict) or "model" not in payload:
         raise CheckpointError(f"{path}: not a segsweep checkpoint (no 'model' state)")
     return payload
+
+
+def _reason(exc: Exception) -> str:
+    """The informative line of a torch.load error (it wraps it in advice about weights_only)."""
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith(boilerplate)]
+    line = lines[0].split(". ")[0].rstrip(".") if lines else ""
+    return (line if " " in line else f"{type(exc).__name__} {line}".strip())[:160]
 
 
 def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
@@ -96,11 +108,17 @@ class TopK:
     def would_keep(self, score: float) -> bool:
         return len(self.entries) < self.k or score > min(s for s, _ in self.entries)
 
+    def after_offer(self, score: float, epoch: int) -> list[tuple[float, int]]:
+        """The entries `offer(score, epoch, ...)` would leave (to store them in its payload)."""
+        if not self.would_keep(score):
+            return list(self.entries)
+        return sorted([*self.entries, (score, epoch)], key=lambda e: (-e[0], e[1]))[: self.k]
+
     def offer(self, score: float, epoch: int, payload: dict[str, Any]) -> bool:
         """Save `payload` if it ranks in the top k; returns whether it became `best.pt`."""
         if not self.would_keep(score):
             return False
-        ranked = sorted([*self.entries, (score, epoch)], key=lambda e: (-e[0], e[1]))[: self.k]
+        ranked = self.after_offer(score, epoch)
         rank = ranked.index((score, epoch))
         # Shift worse entries down one file, worst first, so no file is overwritten before it moved.
         for i in range(min(len(self.entries), self.k - 1) - 1, rank - 1, -1):
@@ -110,3 +128,38 @@ class TopK:
         save_checkpoint(payload, self._path(rank))
         self.entries = ranked
         return rank == 0
+
+    def restore(self, entries: list[tuple[float, int]]) -> None:
+        """Adopt `entries` (saved in last.pt) and make the files on disk agree with them.
+
+        A SIGKILL between saving `best*.pt` and `last.pt` can leave the files one epoch ahead
+        of `last.pt`: a newer epoch saved, older ones shifted down a slot. Each file is matched
+        to its entry by the epoch it holds; files of other epochs are deleted, the rest moved
+        back to their rank. An entry whose file is gone was being pushed out of the top k by
+        that newer epoch, which the resumed run repeats, so it is dropped.
+        """
+        by_epoch: dict[int, Path] = {}
+        for path in sorted([*self.directory.glob("best*.pt"), *self.directory.glob(".restore-*.pt")]):
+            epoch = checkpoint_epoch(path)
+            if epoch is None or epoch in by_epoch or epoch not in {e for _, e in entries}:
+                path.unlink(missing_ok=True)
+            else:
+                by_epoch[epoch] = path
+        kept = [(float(s), int(e)) for s, e in entries if int(e) in by_epoch]
+        # Move each file to its rank without overwriting one not yet moved: park them first.
+        parked = {}
+        for epoch, path in by_epoch.items():
+            parked[epoch] = path.with_name(f".restore-{epoch}.pt")
+            os.replace(path, parked[epoch])
+        for rank, (_, epoch) in enumerate(kept):
+            os.replace(parked[epoch], self._path(rank))
+        self.entries = kept
+
+
+def checkpoint_epoch(path: Path) -> int | None:
+    """The epoch stored in a checkpoint (memory-mapped: the tensors are not read), or None."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return int(state["epoch"])
+    except Exception:  # unreadable: treated as absent by the caller
+        return None

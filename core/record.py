@@ -2,11 +2,13 @@
 
 Local files are the source of truth; W&B and TensorBoard only mirror them. Every write goes
 through `atomic_write` (temporary file, flush, fsync, rename), so a SIGKILL at any moment leaves
-each file either as it was or complete.
+each file either as it was or complete. A kill can leave a temporary `.<name>.<random>.tmp`
+beside it: hidden, never read as a record, and removed when the run is resumed.
 """
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import math
@@ -26,22 +28,66 @@ from core.errors import SegsweepError
 METRIC_COLUMNS = (
     "epoch", "train/loss", "val/loss", "val/dice", "val/dice_global", "val/iou", "lr", "epoch_s", "img_per_s",
 )
-STATUSES = ("running", "completed", "failed", "diverged", "interrupted", "pruned")
+STATUSES = ("completed", "failed", "diverged", "interrupted", "pruned")  # summary.json is written when a run ends
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp)` on a temporary file beside `path`, fsync it, then rename over `path`."""
+TEMP_SUFFIX = ".tmp"
+
+
+def atomic_write(path: Path, write: Callable[[Path], None], error: type[SegsweepError] = SegsweepError) -> None:
+    """Call `write(tmp)` on a temporary file beside `path`, fsync it, then rename over `path`.
+
+    On any error `path` keeps its previous contents and the temporary file is removed; a full
+    disk (or quota) becomes `error` with one line saying so.
+    """
+    had_previous = path.exists()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp: Path | None = None
     try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
         write(tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        what = "no space left on device" if exc.errno == errno.ENOSPC else "disk quota exceeded"
+        kept = f"the previous {path.name} is intact" if had_previous else f"no {path.name} was written"
+        raise error(f"{path}: {what} while saving; {kept}; free some space and resume") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable across a power cut (not needed for SIGKILL; best effort)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def is_temporary(path: Path) -> bool:
+    """Whether `path` is a leftover of an interrupted `atomic_write` (never a record)."""
+    return path.name.startswith(".") and path.name.endswith(TEMP_SUFFIX)
+
+
+def remove_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files a killed writer left in `folder` and its subfolders."""
+    removed = [p for p in folder.rglob(f".*{TEMP_SUFFIX}") if p.is_file() and is_temporary(p)]
+    for p in removed:
+        p.unlink(missing_ok=True)
+    return removed
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -53,7 +99,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def check_writable(root: Path) -> None:
-    """Refuse a results folder that cannot be written, before any training starts."""
+    """Refuse a results folder that cannot be written, before any training starts.
+
+    `os.access` alone is not enough: it answers yes to root for any mode bits, and says nothing
+    of filesystems that refuse writes for other reasons (sysfs, some network mounts). So the
+    nearest existing folder is also probed by creating and deleting a hidden temporary file.
+    """
+    root = Path(root)
     probe_dir = root
     while not probe_dir.exists():
         probe_dir = probe_dir.parent
@@ -61,6 +113,12 @@ def check_writable(root: Path) -> None:
         raise SegsweepError(f"{root}: results path is not a folder ({probe_dir} is a file)")
     if not os.access(probe_dir, os.W_OK | os.X_OK):
         raise SegsweepError(f"{root}: results folder is not writable (no write permission on {probe_dir})")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".segsweep-probe.", suffix=TEMP_SUFFIX, dir=probe_dir)
+    except OSError as exc:
+        raise SegsweepError(f"{root}: results folder is not writable ({probe_dir}: {exc.strerror or exc})") from None
+    os.close(fd)
+    Path(name).unlink(missing_ok=True)
 
 
 def new_run_dir(results_root: str | Path, name: str, create: bool = True) -> Path:

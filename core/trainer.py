@@ -7,6 +7,7 @@ and may raise `StopTraining` (pruning, early stopping); nothing else reaches ins
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import random
@@ -14,9 +15,9 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ from core.metrics import SegmentationMeter, probabilities
 from core.models import build_model
 from core.record import (  # noqa: F401  (new_run_dir is part of the trainer's API)
     atomic_write_text, git_sha, library_versions, new_run_dir, plot_curves, prediction_grid, read_metrics,
-    save_prediction_png, write_json, write_metrics, write_per_image,
+    remove_temporaries, save_prediction_png, write_json, write_metrics, write_per_image,
 )
 from core.spec import ExperimentSpec, arm_hash, config_hash, spec_from_dict, spec_to_dict, spec_to_yaml
 
@@ -203,10 +204,15 @@ def build_optimizer(spec: ExperimentSpec, params: Iterator[nn.Parameter]) -> tor
 
 
 class _Interrupts:
-    """First SIGINT/SIGTERM: finish the current step, then stop cleanly. Second SIGINT: exit now."""
+    """First SIGINT/SIGTERM: finish the current step, save, stop cleanly (exit 130/143).
+
+    A second signal exits at once with 128 + its number, after `on_exit_now` (which writes
+    summary.json as `interrupted`; last.pt then holds the last completed epoch).
+    """
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.on_exit_now: Callable[[], None] | None = None
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "_Interrupts":
@@ -216,8 +222,13 @@ class _Interrupts:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is not None and signum == signal.SIGINT:
-            os._exit(130)
+        if self.signum is not None:
+            print(f"\nreceived {signal.Signals(signum).name} again: exiting now", file=sys.stderr, flush=True)
+            try:
+                if self.on_exit_now is not None:
+                    self.on_exit_now()
+            finally:
+                os._exit(128 + signum)
         self.signum = signum
         print(f"\nreceived {signal.Signals(signum).name}: finishing this step, then saving and stopping "
               "(Ctrl-C again to exit at once)", file=sys.stderr, flush=True)
@@ -243,15 +254,30 @@ def _progress(iterable: Any, desc: str, total: int) -> Any:
                 disable=not sys.stderr.isatty())
 
 
+@dataclass
+class EpochProgress:
+    """How far the training pass of one epoch has got: enough to continue it bit-exactly."""
+
+    batches: int = 0  # batches done this epoch
+    images: int = 0
+    loss_sum: float = 0.0  # sum over batches of loss x batch size (float64, exact in a Python float)
+    train_s: float = 0.0  # seconds spent on them (wall clock, informative only)
+
+
 def train_one_epoch(
     model: nn.Module, loader: Any, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
     schedule: LrSchedule, scaler: torch.amp.GradScaler | None, *, epoch: int, step: int,
     device: torch.device, precision: str, channels_last: bool, grad_clip: float | None,
-    should_stop: Callable[[], bool],
+    should_stop: Callable[[], bool], progress: EpochProgress | None = None,
 ) -> tuple[float, int, int]:
-    """One pass over the training loader. Returns (mean loss, images seen, global step)."""
+    """One pass over the training loader. Returns (mean loss, images seen, global step).
+
+    `progress` (updated in place) carries the running totals, so an epoch interrupted after
+    some batches continues from them when `loader` yields only the remaining batches.
+    """
     model.train()
-    total, images = torch.zeros((), dtype=torch.float64), 0
+    progress = progress if progress is not None else EpochProgress()
+    total, images = torch.tensor(progress.loss_sum, dtype=torch.float64), progress.images
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     for batch_images, masks, _ in _progress(loader, f"epoch {epoch} train", len(loader)):
         lr = schedule.lr(step)
@@ -280,17 +306,71 @@ def train_one_epoch(
         total += loss.detach().double() * len(batch_images)
         images += len(batch_images)
         step += 1
+        progress.batches += 1
         if should_stop():
             break
+    progress.loss_sum, progress.images = float(total), images
     return float(total) / max(1, images), images, step
+
+
+class _SkipSampler(torch.utils.data.Sampler):
+    """The items of `sampler`'s current epoch after the first `skip` (for a resumed epoch)."""
+
+    def __init__(self, sampler: Any, skip: int):
+        self.sampler, self.skip = sampler, skip
+
+    def __iter__(self) -> Iterator[Any]:
+        return itertools.islice(iter(self.sampler), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(0, len(self.sampler) - self.skip)
+
+
+def _remaining_batches(loader: torch.utils.data.DataLoader, sampler: Any, batches: int) -> Any:
+    """A loader over what is left of the epoch after `batches` batches (same batches as `loader`)."""
+    if batches == 0:
+        return loader
+    return torch.utils.data.DataLoader(
+        loader.dataset, batch_size=loader.batch_size, sampler=_SkipSampler(sampler, batches * loader.batch_size),
+        collate_fn=loader.collate_fn, num_workers=loader.num_workers, pin_memory=loader.pin_memory,
+        worker_init_fn=loader.worker_init_fn, drop_last=loader.drop_last,
+        generator=torch.Generator().manual_seed(0),  # keeps the global torch RNG untouched
+    )
+
+
+def _rng_state() -> dict[str, Any]:
+    """Every global RNG (plain types and tensors only, for `weights_only` checkpoints)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(), "numpy": [name, keys.tolist(), pos, has_gauss, gauss],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 @torch.no_grad()
 def evaluate(
     model: nn.Module, loader: Any, loss_fn: nn.Module, *, head: str, device: torch.device,
     precision: str, channels_last: bool, ids: list[str], desc: str = "eval",
+    should_stop: Callable[[], bool] | None = None,
 ) -> EvalResult:
-    """Loss and Dice/IoU over a whole split (no augmentation). Reduced over ranks under DDP."""
+    """Loss and Dice/IoU over a whole split (no augmentation). Reduced over ranks under DDP.
+
+    `should_stop` is checked after each batch; when it says stop, the result is partial and
+    the caller must discard it.
+    """
     model.eval()
     meter = SegmentationMeter()
     loss_sum, count = torch.zeros((), dtype=torch.float64), 0
@@ -304,6 +384,8 @@ def evaluate(
         loss_sum += loss_fn(output, masks).double() * len(images)
         count += len(images)
         meter.update(output, masks, head, [ids[int(i)] for i in index])
+        if should_stop is not None and should_stop():
+            break
     loss_sum, count = _all_reduce_sum(loss_sum, count, device)
     result = meter.sync().compute()  # every rank's images, once each
     return EvalResult(float(loss_sum) / max(1, count), result["dice"], result["dice_global"], result["iou"],
@@ -360,17 +442,28 @@ def fit(
 ) -> RunResult:
     """Train `spec` into `run_dir`, keep the best checkpoint, test it, and return the result.
 
-    With `resume=True`, continue from `run_dir/checkpoints/last.pt` (weights, optimiser, LR
-    schedule, scaler, epoch, early-stopping and top-k state); the data order and augmentation
-    are derived from (seed, epoch), so a resumed run repeats exactly what an uninterrupted one does.
+    Checkpoints: `last.pt` after every epoch, and also when SIGINT/SIGTERM stops the run
+    mid-epoch (then with the batches done, running loss and RNG states). `resume=True`
+    continues from `run_dir/checkpoints/last.pt`: weights, optimiser, LR schedule, gradient
+    scaler, epoch, global step and position in the epoch, early-stopping, top-k and metrics
+    history. Data order, augmentation and dropout derive from (seed, epoch), so with
+    `train.deterministic` on CPU a resumed run's metrics.csv equals an uninterrupted one's in
+    every column but the wall-clock `epoch_s` and `img_per_s`. After a SIGKILL the run resumes
+    from the last saved point (end of an epoch, or an interruption), redoing what came after.
+
+    summary.json is written once, when the run ends, with status completed, failed, diverged,
+    interrupted or pruned (a Python-level error is `failed`, then re-raised). A run folder
+    without summary.json is still running or was killed (SIGKILL, power loss): resume it.
     """
     run_dir = Path(run_dir)
     started = time.perf_counter()
     rank, world = _dist_info()
     is_main = rank == 0
     ckpt_dir = run_dir / "checkpoints"
+    last_path = ckpt_dir / "last.pt"
 
     # Seed and build (before anything is written, so bad input leaves no run folder).
+    state = load_checkpoint(last_path) if resume else None
     if spec.train.threads:
         torch.set_num_threads(spec.train.threads)
     if spec.train.deterministic:
@@ -390,21 +483,18 @@ def fit(
     schedule = LrSchedule(spec, len(data.train))
     topk = TopK(ckpt_dir, spec.checkpoint.keep_best)
     head = spec.model.head
-    if is_main:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", spec_to_yaml(spec))
     meta = {"git_sha": git_sha(), "config_hash": config_hash(spec), "arm_hash": arm_hash(spec)}
     summary: dict[str, Any] = {
-        "status": "running", "name": spec.name, "seed": spec.seed, "run_dir": str(run_dir),
+        "name": spec.name, "seed": spec.seed, "run_dir": str(run_dir),
         "device": str(device), "precision": precision, "versions": library_versions(),
         "time_budget_s": spec.train.time_budget_s, "world_size": world, **meta,
     }
     rows: list[dict[str, float]] = []
     best = {"val/dice": -math.inf, "epoch": 0}
     bad_epochs, start_epoch, step = 0, 1, 0
-    if resume:
-        state = load_checkpoint(ckpt_dir / "last.pt")
-        load_model_state(model, state["model"], ckpt_dir / "last.pt")
+    progress, rng, stop = EpochProgress(), None, None  # stop: (status, reason) that ended training
+    if state is not None:
+        load_model_state(model, state["model"], last_path)
         optimizer.load_state_dict(state["optimizer"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
@@ -412,117 +502,178 @@ def fit(
         s = state["state"]
         best = {"val/dice": float(s["best_val"]), "epoch": int(s["best_epoch"])}
         bad_epochs, step = int(s["bad_epochs"]), int(s["step"])
-        topk.entries = [(float(a), int(b)) for a, b in s["topk"]]
         start_epoch = int(state["epoch"]) + 1
-        rows = [r for r in read_metrics(run_dir) if r["epoch"] < start_epoch]
+        rows = ([dict(r) for r in s["history"]] if "history" in s
+                else [r for r in read_metrics(run_dir) if r["epoch"] < start_epoch])
+        stop = tuple(s["stop"]) if s.get("stop") else None
+        started -= float(s.get("elapsed_s", 0.0))
         summary["resumed_from_epoch"] = start_epoch - 1
-        torch.set_rng_state(state["rng_torch"])
+        partial = state.get("partial")
+        if partial:
+            assert int(partial["epoch"]) == start_epoch, "last.pt: partial epoch does not follow the saved one"
+            progress, rng = EpochProgress(**partial["progress"]), partial["rng"]
+            summary["resumed_at_batch"] = progress.batches
+        topk.entries = [(float(a), int(b)) for a, b in s["topk"]]
     train_model: nn.Module = model
     if world > 1:
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if spec.train.compile:
         train_model = torch.compile(train_model)
-    if tracker is not None and is_main:
-        tracker.start(spec, run_dir, meta)
+
+    def checkpoint(epoch_done: int, partial: dict[str, Any] | None = None) -> dict[str, Any]:
+        """last.pt / best.pt contents after `epoch_done` epochs (+ `partial` progress into the next)."""
+        return {
+            "model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else {},
+            "schedule": schedule.state_dict(), "epoch": epoch_done, "metrics": dict(rows[-1]) if rows else {},
+            "spec": spec_to_dict(spec), "rng_torch": torch.get_rng_state(),
+            "normalization": {"mean": data.datasets["train"].mean.tolist(),
+                              "std": data.datasets["train"].std.tolist()},
+            "state": {"best_val": best["val/dice"], "best_epoch": best["epoch"], "bad_epochs": bad_epochs,
+                      "step": step, "topk": [list(e) for e in topk.entries], "history": [dict(r) for r in rows],
+                      "stop": None, "elapsed_s": time.perf_counter() - started},
+            "partial": partial,
+        }
 
     status, error, signum = "completed", None, None
     budget = spec.train.time_budget_s
-    epoch = start_epoch - 1
     eval_kw = dict(head=head, device=device, precision=precision, channels_last=spec.train.channels_last)
     with _Interrupts() as interrupts:
+        def interrupted() -> bool:
+            return interrupts.signum is not None
+
         def should_stop() -> bool:
-            return interrupts.signum is not None or (budget is not None and time.perf_counter() - started >= budget)
+            return interrupted() or (budget is not None and time.perf_counter() - started >= budget)
 
+        interrupts.on_exit_now = lambda: _finish(run_dir, summary, rows, best, started, "interrupted",
+                                                 "a second signal: exited at once", is_main, None, spec, quick=True)
         try:
-            for epoch in range(start_epoch, spec.train.epochs + 1):
-                # Data order, augmentation and dropout all derive from (seed, epoch): resumable.
-                seed_everything(derive_seed(spec.seed, epoch))
-                data.train_sampler.set_epoch(epoch)
-                t0 = time.perf_counter()
-                train_loss, seen, step = train_one_epoch(
-                    train_model, data.train, loss_fn, optimizer, schedule, scaler, epoch=epoch, step=step,
-                    device=device, precision=precision, channels_last=spec.train.channels_last,
-                    grad_clip=spec.train.grad_clip, should_stop=should_stop,
-                )
-                train_s = time.perf_counter() - t0
-                if interrupts.signum is not None:
-                    status, signum = "interrupted", interrupts.signum
-                    epoch -= 1
-                    break
-                val = evaluate(train_model, data.val, loss_fn, ids=data.datasets["val"].ids, desc=f"epoch {epoch} val", **eval_kw)
-                row = {"epoch": epoch, "train/loss": train_loss, **{k: v for k, v in val.metrics("val").items()},
-                       "lr": optimizer.param_groups[0]["lr"], "epoch_s": time.perf_counter() - t0,
-                       "img_per_s": seen * world / max(train_s, 1e-9)}
-                rows.append(row)
-                schedule.end_epoch(val.dice)
-                if epoch == start_epoch and budget is not None:
-                    # Plan cosine/one-cycle over the epochs the budget affords at the measured speed.
-                    remaining = budget - (time.perf_counter() - started)
-                    schedule.plan(min(spec.train.epochs, epoch + int(remaining / max(row["epoch_s"], 1e-9))))
-                improved = val.dice > best["val/dice"]
-                if improved:
-                    best = {"val/dice": val.dice, "epoch": epoch}
-                    bad_epochs = 0
-                else:
-                    bad_epochs += 1
-                if is_main:
-                    payload = {
-                        "model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                        "scaler": scaler.state_dict() if scaler is not None else {},
-                        "schedule": schedule.state_dict(), "epoch": epoch, "metrics": row,
-                        "spec": spec_to_dict(spec), "rng_torch": torch.get_rng_state(),
-                        "normalization": {"mean": data.datasets["train"].mean.tolist(),
-                                          "std": data.datasets["train"].std.tolist()},
-                        "state": {"best_val": best["val/dice"], "best_epoch": best["epoch"], "bad_epochs": bad_epochs,
-                                  "step": step, "topk": [list(e) for e in topk.entries]},
-                    }
-                    topk.offer(val.dice, epoch, payload)
-                    payload["state"]["topk"] = [list(e) for e in topk.entries]
-                    if spec.checkpoint.save_last:
-                        save_checkpoint(payload, ckpt_dir / "last.pt")
-                    write_metrics(run_dir, rows)
-                    _print_epoch(row, spec.train.epochs, improved)
-                    if tracker is not None:
-                        tracker.log_epoch(epoch, row)
-                        if epoch % spec.train.predictions_every == 0:
-                            tracker.log_predictions(epoch, _prediction_grid(_unwrap(model), data.datasets["val"], head, device, precision))
-                if on_epoch_end is not None:
-                    on_epoch_end(epoch, dict(row))
-                if spec.train.early_stopping_patience and bad_epochs >= spec.train.early_stopping_patience:
-                    summary["stopped_early"] = f"no better val/dice for {bad_epochs} epochs"
-                    break
-                if budget is not None and time.perf_counter() - started >= budget:
-                    summary["stopped_early"] = "time budget spent"
-                    break
-        except StopTraining as stop:
-            status = stop.status
-            if stop.reason:
-                summary["stopped_early"] = stop.reason
-        except _Diverged as exc:
-            status, error = "diverged", str(exc)
-            summary.update({"diverged_epoch": exc.epoch, "diverged_step": exc.step})
-            epoch -= 1
-        except Exception as exc:  # recorded as a failed run, then re-raised for the caller
-            status, error = "failed", f"{type(exc).__name__}: {exc}"
-            _finish(run_dir, summary, rows, best, epoch, started, status, error, is_main, tracker, spec)
-            raise
+            if is_main:
+                ckpt_dir.mkdir(parents=True, exist_ok=True)
+                if state is not None:  # undo what a SIGKILL may have left ahead of last.pt
+                    remove_temporaries(run_dir)  # writes cut short
+                    (run_dir / "summary.json").unlink(missing_ok=True)  # rewritten when this session ends
+                    topk.restore(topk.entries)
+                    if rows:
+                        write_metrics(run_dir, rows)
+                    else:
+                        (run_dir / "metrics.csv").unlink(missing_ok=True)
+                atomic_write_text(run_dir / "config.yaml", spec_to_yaml(spec))
+            if tracker is not None and is_main:
+                tracker.start(spec, run_dir, meta)
+            try:
+                for epoch in range(start_epoch, spec.train.epochs + 1):
+                    if stop is not None or interrupted():
+                        break
+                    # Data order, augmentation and dropout all derive from (seed, epoch): resumable.
+                    seed_everything(derive_seed(spec.seed, epoch))
+                    data.train_sampler.set_epoch(epoch)
+                    loader = data.train
+                    if progress.batches:  # continue an epoch that a signal stopped part-way
+                        _set_rng_state(rng)
+                        loader = _remaining_batches(data.train, data.train_sampler, progress.batches)
+                    t0 = time.perf_counter() - progress.train_s
+                    train_loss, seen, step = train_one_epoch(
+                        train_model, loader, loss_fn, optimizer, schedule, scaler, epoch=epoch, step=step,
+                        device=device, precision=precision, channels_last=spec.train.channels_last,
+                        grad_clip=spec.train.grad_clip, should_stop=should_stop, progress=progress,
+                    )
+                    progress.train_s = time.perf_counter() - t0
+                    if not interrupted():
+                        val = evaluate(train_model, data.val, loss_fn, ids=data.datasets["val"].ids,
+                                       desc=f"epoch {epoch} val", should_stop=interrupted, **eval_kw)
+                    if interrupted():
+                        # Keep the batches done: the resumed run continues with the next one.
+                        if is_main and spec.checkpoint.save_last:
+                            save_checkpoint(checkpoint(epoch - 1, {"epoch": epoch, "progress": asdict(progress),
+                                                                   "rng": _rng_state()}), last_path)
+                        break
+                    row = {"epoch": epoch, "train/loss": train_loss, **val.metrics("val"),
+                           "lr": optimizer.param_groups[0]["lr"], "epoch_s": time.perf_counter() - t0,
+                           "img_per_s": seen * world / max(progress.train_s, 1e-9)}
+                    rows.append(row)
+                    progress = EpochProgress()
+                    schedule.end_epoch(val.dice)
+                    if epoch == 1 and budget is not None:
+                        # Plan cosine/one-cycle over the epochs the budget affords at the measured speed.
+                        remaining = budget - (time.perf_counter() - started)
+                        schedule.plan(min(spec.train.epochs, epoch + int(remaining / max(row["epoch_s"], 1e-9))))
+                    improved = val.dice > best["val/dice"]
+                    if improved:
+                        best = {"val/dice": val.dice, "epoch": epoch}
+                        bad_epochs = 0
+                    else:
+                        bad_epochs += 1
+                    payload = checkpoint(epoch) if is_main else {}
+                    if is_main:
+                        payload["state"]["topk"] = [list(e) for e in topk.after_offer(val.dice, epoch)]
+                        topk.offer(val.dice, epoch, payload)
+                        write_metrics(run_dir, rows)  # before last.pt: a kill in between redoes this epoch
+                        _print_epoch(row, spec.train.epochs, improved)
+                        if tracker is not None:
+                            tracker.log_epoch(epoch, row)
+                            if epoch % spec.train.predictions_every == 0:
+                                tracker.log_predictions(epoch, _prediction_grid(_unwrap(model), data.datasets["val"], head, device, precision))
+                    try:
+                        if on_epoch_end is not None:
+                            on_epoch_end(epoch, dict(row))
+                    except StopTraining as exc:
+                        stop = (exc.status, exc.reason)
+                    if stop is None and spec.train.early_stopping_patience and bad_epochs >= spec.train.early_stopping_patience:
+                        stop = ("completed", f"no better val/dice for {bad_epochs} epochs")
+                    if stop is None and budget is not None and time.perf_counter() - started >= budget:
+                        stop = ("completed", "time budget spent")
+                    if is_main and spec.checkpoint.save_last:
+                        # A final stop is part of the state: resuming a finished run only re-tests it.
+                        payload["state"]["stop"] = list(stop) if stop and stop[0] != "interrupted" else None
+                        payload["state"]["elapsed_s"] = time.perf_counter() - started
+                        save_checkpoint(payload, last_path)
+            except _Diverged as exc:
+                status, error = "diverged", str(exc)
+                summary.update({"diverged_epoch": exc.epoch, "diverged_step": exc.step})
+            if stop is not None:
+                status = stop[0]
+                if stop[1]:
+                    summary["stopped_early"] = stop[1]
+            elif status == "completed" and interrupted():
+                status = "interrupted"
 
-    # Test the best checkpoint (chosen on validation) once.
-    if status in ("completed", "diverged", "pruned", "interrupted") and (ckpt_dir / "best.pt").exists() and status != "interrupted":
-        best_state = load_checkpoint(ckpt_dir / "best.pt")
-        load_model_state(_unwrap(model), best_state["model"], ckpt_dir / "best.pt")
-        test = evaluate(train_model, data.test, loss_fn, ids=data.datasets["test"].ids, desc="test", **eval_kw)
-        summary.update({k: v for k, v in test.metrics("test").items() if k != "test/loss"})
-        if is_main:
-            write_per_image(run_dir, test.per_image)
-            save_prediction_png(run_dir, _prediction_grid(_unwrap(model), data.datasets["val"], head, device, precision))
-    summary = _finish(run_dir, summary, rows, best, epoch, started, status, error, is_main, tracker, spec)
+            # Test the best checkpoint (chosen on validation) once.
+            if status in ("completed", "diverged", "pruned") and (ckpt_dir / "best.pt").exists():
+                best_state = load_checkpoint(ckpt_dir / "best.pt")
+                load_model_state(_unwrap(model), best_state["model"], ckpt_dir / "best.pt")
+                test = evaluate(train_model, data.test, loss_fn, ids=data.datasets["test"].ids, desc="test",
+                                should_stop=interrupted, **eval_kw)
+                if interrupted():  # resuming will test again
+                    status = "interrupted"
+                else:
+                    summary.update({k: v for k, v in test.metrics("test").items() if k != "test/loss"})
+                    if is_main:
+                        write_per_image(run_dir, test.per_image)
+                        save_prediction_png(run_dir, _prediction_grid(_unwrap(model), data.datasets["val"], head, device, precision))
+            signum = interrupts.signum if status == "interrupted" else None
+        except BaseException as exc:  # recorded (failed, or interrupted by KeyboardInterrupt), then re-raised
+            interrupts.on_exit_now = None
+            if isinstance(exc, Exception):
+                status, error = "failed", f"{type(exc).__name__}: {exc}"
+            else:
+                status, error = "interrupted", type(exc).__name__
+            _finish(run_dir, summary, rows, best, started, status, error, is_main, tracker, spec, quick=True)
+            raise
+        interrupts.on_exit_now = None  # a signal from here on changes nothing: the run has ended
+        summary = _finish(run_dir, summary, rows, best, started, status, error, is_main, tracker, spec)
     return RunResult(status=status, run_dir=run_dir, best_epoch=best["epoch"], metrics=summary, signal=signum)
 
 
 def _finish(run_dir: Path, summary: dict[str, Any], rows: list[dict[str, float]], best: dict[str, float],
-            epoch: int, started: float, status: str, error: str | None, is_main: bool, tracker: Any,
-            spec: ExperimentSpec) -> dict[str, Any]:
+            started: float, status: str, error: str | None, is_main: bool, tracker: Any,
+            spec: ExperimentSpec, quick: bool = False) -> dict[str, Any]:
+    """Write summary.json (and curves.png, the tracker's finish unless `quick`); returns the summary.
+
+    `quick` is for runs ending in an error or a second signal: plots are skipped and a failure
+    to write (a full disk) is reported on stderr rather than hiding the original error.
+    """
+    summary = {**summary}
     summary.update({
         "status": status, "best_epoch": best["epoch"],
         "val/dice": best["val/dice"] if best["epoch"] else float("nan"),
@@ -532,13 +683,19 @@ def _finish(run_dir: Path, summary: dict[str, Any], rows: list[dict[str, float]]
         summary.setdefault(key, float("nan"))
     if error:
         summary["error"] = error
-    if is_main:
-        write_json(run_dir / "summary.json", summary)
-        if rows:
+    if not is_main:
+        return summary
+    try:
+        if rows and not quick:
             plot_curves(run_dir, rows, f"{spec.name} (seed {spec.seed})")
-        if tracker is not None:
-            best_ckpt = run_dir / "checkpoints" / "best.pt"
-            tracker.finish(summary, best_ckpt if best_ckpt.exists() else None)
+        write_json(run_dir / "summary.json", summary)  # last: its presence means the run ended
+    except (OSError, SegsweepError) as exc:
+        if not quick:
+            raise
+        print(f"warning: could not write {run_dir / 'summary.json'}: {exc}", file=sys.stderr, flush=True)
+    if tracker is not None:
+        best_ckpt = run_dir / "checkpoints" / "best.pt"
+        tracker.finish(summary, best_ckpt if best_ckpt.exists() else None)
     return summary
 
 
@@ -565,15 +722,21 @@ def evaluate_checkpoint(
     `overrides` may change where the data lives (`data.root=...`), not what was trained:
     the model section must stay as stored.
     """
-    from core.spec import override_spec
+    from core.errors import SpecError
+    from core.spec import override_spec, parse_override
 
     path = Path(checkpoint)
     if path.is_dir():
         path = path / "checkpoints" / "best.pt"
         if not path.exists():
             raise CheckpointError(f"{checkpoint}: no checkpoints/best.pt in this run folder")
+    typed = dict(overrides.items()) if isinstance(overrides, Mapping) else dict(map(parse_override, overrides))
+    fixed = [key for key in typed if key == "model" or key.startswith("model.")]
+    if fixed:
+        raise SpecError(f"override {fixed[0]}: the model is fixed by the checkpoint's weights ({path}); "
+                        "only data and evaluation settings (data.*, train.device, ...) may be overridden")
     state = load_checkpoint(path)
-    spec = override_spec(spec_from_dict(state.get("spec"), str(path)), overrides)
+    spec = override_spec(spec_from_dict(state.get("spec"), str(path)), typed)
     device = resolve_device(spec.train.device)
     precision = resolve_precision(spec.train.precision, device)
     data = build_data(spec)

@@ -21,15 +21,23 @@ def main() -> int:
     import cv2
     from tqdm.auto import tqdm
 
-    from core.errors import DataError
+    from core.data.sources import decode_image
+    from core.errors import DataError, SegsweepError
     from core.inference import Predictor, overlay
     from core.record import atomic_write_bytes
 
+    if not 0 < args.threshold < 1:
+        parser.error(f"--threshold {args.threshold}: expected a probability strictly between 0 and 1")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise SegsweepError(f"{out}: --out is a file, expected a folder for the masks and overlays")
+    # Everything is checked before the first file is written: a bad input changes nothing.
     missing = [p for p in args.images if not Path(p).is_file()]
     if missing:
         raise DataError(f"{missing[0]}: image not found")
+    for path in args.images:
+        decode_image(Path(path))  # DataError naming the file if unreadable
     predictor = Predictor(args.checkpoint)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for path in tqdm(args.images, desc="predict", disable=len(args.images) < 5):
         image, prob = predictor.predict_file(path)

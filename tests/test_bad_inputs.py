@@ -115,16 +115,228 @@ def test_results_path_under_a_file(cli, tmp_path: Path) -> None:
     assert result.code == 2 and "not a folder" in result.err and "file" in result.err
 
 
-def test_unwritable_results_folder(cli, tmp_path: Path) -> None:
+def test_unwritable_results_folder(cli, tmp_path: Path, monkeypatch) -> None:
+    """Refused before anything is built or written. For ordinary users mode bits lock the folder;
+    root ignores them, so there the folder is made immutable (`chattr +i`), which stops root too.
+    The check also probes with a real temporary file, so it holds where `os.access` says yes
+    wrongly (shown by forcing `os.access` to say yes)."""
     import os
+    import shutil
+    import subprocess
 
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o500)
+    immutable = False
     try:
         if os.access(locked, os.W_OK):
-            pytest.skip("running as a user that can write anywhere (root without capability drop)")
+            locked.chmod(0o700)
+            if shutil.which("chattr") is None or subprocess.run(
+                    ["chattr", "+i", str(locked)], capture_output=True).returncode != 0:
+                pytest.skip("running as root, and chattr +i is not possible here (no CAP_LINUX_IMMUTABLE or no "
+                            "filesystem support): no way to make a folder that root cannot write")
+            immutable = True
         result = cli("run.py", QUICK, "--results", locked / "results")
-        assert result.code == 2 and "not writable" in result.err
+        assert result.code == 2 and "not writable" in result.err and str(locked) in result.err, result.err
+        assert len(result.err.strip().splitlines()) == 1
+        monkeypatch.setattr(os, "access", lambda *args, **kwargs: True)
+        result = cli("run.py", QUICK, "--results", locked / "results")
+        assert result.code == 2 and "not writable" in result.err and f"({locked}: " in result.err, result.err
+        assert list(locked.iterdir()) == []
     finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(locked)], check=True)
         locked.chmod(0o700)
+
+
+# --------------------------------------------------------------------------- checkpoints and command line
+#
+# Each case: exit 2, one line on stderr naming the file / key / item, and nothing written or
+# overwritten: the trained run folder's files keep their bytes, no output folder appears.
+
+
+class Payload:
+    """Unpickling this runs `os.makedirs(marker)`: a stand-in for any code in a pickle."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.makedirs, (str(self.marker),))
+
+
+@pytest.fixture(scope="module")
+def trained_run(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 1-epoch tiny run (shared: every case checks it is left byte-for-byte unchanged)."""
+    from conftest import TINY
+
+    from core.spec import load_spec
+    from core.trainer import fit
+
+    spec = load_spec(QUICK, {**TINY, "train.epochs": 1, "data.root": str(synthetic_root),
+                             "data.cache_dir": str(synthetic_root.parent / "cache")})
+    return fit(spec, tmp_path_factory.mktemp("trained") / "run").run_dir
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    import hashlib
+
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _best(run: Path) -> dict:
+    import torch
+
+    return torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+
+
+def _save(tmp: Path, name: str, payload) -> Path:
+    import torch
+
+    torch.save(payload, tmp / name)
+    return tmp / name
+
+
+def _with_spec(run: Path, tmp: Path, **changes) -> Path:
+    """best.pt with its stored spec changed (the weights stay those of the trained UNet)."""
+    from core.spec import apply_overrides
+
+    state = _best(run)
+    state["spec"] = apply_overrides(state["spec"], changes)
+    return _save(tmp, "edited.pt", state)
+
+
+def _truncated(run: Path, tmp: Path) -> Path:
+    data = (run / "checkpoints" / "best.pt").read_bytes()
+    (tmp / "truncated.pt").write_bytes(data[: len(data) // 2])
+    return tmp / "truncated.pt"
+
+
+def _pickled(run: Path, tmp: Path) -> Path:
+    state = _best(run)
+    state["extra"] = Payload(tmp / "PWNED")
+    return _save(tmp, "payload.pt", state)
+
+
+def _resume_folder(run: Path, tmp: Path, last: Path | None) -> Path:
+    """A copy of the run folder as a killed run leaves it (no summary.json), last.pt replaced."""
+    import shutil
+
+    copy = tmp / "killed-run"
+    shutil.copytree(run, copy)
+    (copy / "summary.json").unlink()
+    if last is not None:
+        shutil.copy(last, copy / "checkpoints" / "last.pt")
+    return copy
+
+
+def _image(tmp: Path) -> Path:
+    import cv2
+    import numpy as np
+
+    cv2.imwrite(str(tmp / "photo.png"), np.full((40, 40, 3), 128, np.uint8))
+    return tmp / "photo.png"
+
+
+# (case id, script, builds the arguments from (trained run, tmp folder), substrings of the one line)
+CHECKPOINT_CASES = [
+    ("other-architecture", "evaluate.py",
+     lambda run, tmp: [_with_spec(run, tmp, **{"model.name": "resnet34_unet"})],
+     ["edited.pt", "weights do not fit this model", "missing keys", "another architecture"]),
+    ("other-width", "predict.py",
+     lambda run, tmp: [_with_spec(run, tmp, **{"model.base_channels": 16}), _image(tmp), "--out", tmp / "out"],
+     ["edited.pt", "shape mismatches", "(8,", "(16,", "another architecture or width"]),
+    ("truncated", "evaluate.py", lambda run, tmp: [_truncated(run, tmp)],
+     ["truncated.pt", "not a readable checkpoint", "truncated or corrupt"]),
+    ("truncated-last-on-resume", "run.py",
+     lambda run, tmp: ["--resume", _resume_folder(run, tmp, _truncated(run, tmp))],
+     ["last.pt", "truncated or corrupt"]),
+    ("pickle-payload", "evaluate.py", lambda run, tmp: [_pickled(run, tmp)],
+     ["payload.pt", "refused", "could run code", "os.makedirs"]),
+    ("pickle-payload-predict", "predict.py",
+     lambda run, tmp: [_pickled(run, tmp), _image(tmp), "--out", tmp / "out"], ["payload.pt", "refused"]),
+    ("pickle-payload-resume", "run.py",
+     lambda run, tmp: ["--resume", _resume_folder(run, tmp, _pickled(run, tmp))], ["last.pt", "refused"]),
+    ("random-bytes", "evaluate.py",
+     lambda run, tmp: [(tmp / "noise.pt", (tmp / "noise.pt").write_bytes(bytes(range(256)) * 8))[0]],
+     ["noise.pt", "not a readable checkpoint"]),
+    ("empty-file", "evaluate.py", lambda run, tmp: [(tmp / "e.pt", (tmp / "e.pt").write_bytes(b""))[0]],
+     ["e.pt", "not a readable checkpoint"]),
+    ("not-a-segsweep-checkpoint", "evaluate.py",
+     lambda run, tmp: [_save(tmp, "tensor.pt", __import__("torch").zeros(3))], ["tensor.pt", "no 'model' state"]),
+    ("missing-checkpoint", "evaluate.py", lambda run, tmp: [tmp / "gone.pt"], ["gone.pt", "not found"]),
+    ("run-folder-without-best", "evaluate.py", lambda run, tmp: [tmp], [str(Path("checkpoints") / "best.pt")]),
+    ("no-spec-stored", "evaluate.py",
+     lambda run, tmp: [_save(tmp, "bare.pt", {"model": _best(run)["model"]})], ["bare.pt", "no experiment spec"]),
+    ("invalid-stored-spec", "evaluate.py",
+     lambda run, tmp: [_with_spec(run, tmp, **{"optim.lrr": 0.1})], ["edited.pt", "optim.lrr", "unknown key"]),
+    ("no-normalisation", "predict.py",
+     lambda run, tmp: [_save(tmp, "old.pt", {k: v for k, v in _best(run).items() if k != "normalization"}),
+                       _image(tmp), "--out", tmp / "out"], ["old.pt", "normalisation"]),
+    ("model-override-at-evaluation", "evaluate.py",
+     lambda run, tmp: [run, "model.base_channels=16"], ["model.base_channels", "fixed by the checkpoint"]),
+]
+
+CLI_CASES = [
+    ("evaluate-bad-split", "evaluate.py", lambda run, tmp: [run, "--split", "holdout"], ["--split", "holdout"]),
+    ("resume-with-a-spec", "run.py", lambda run, tmp: ["--resume", run, str(QUICK)], ["--resume takes only"]),
+    ("resume-with-results", "run.py", lambda run, tmp: ["--resume", run, "--results", tmp],
+     ["--resume takes only"]),
+    ("no-spec", "run.py", lambda run, tmp: [], ["spec is required"]),
+    ("resume-missing-folder", "run.py", lambda run, tmp: ["--resume", tmp / "nowhere"],
+     ["nowhere", "existing run folder"]),
+    ("resume-without-last", "run.py",
+     lambda run, tmp: ["--resume", (lambda d: ((d / "checkpoints" / "last.pt").unlink(), d)[1])(
+         _resume_folder(run, tmp, None))], ["killed-run", "no checkpoints/last.pt"]),
+    ("predict-threshold", "predict.py",
+     lambda run, tmp: [run, _image(tmp), "--out", tmp / "out", "--threshold", "1.5"], ["--threshold 1.5"]),
+    ("predict-out-is-a-file", "predict.py",
+     lambda run, tmp: [run, _image(tmp), "--out", (tmp / "f", (tmp / "f").write_text("x"))[0]],
+     ["--out is a file"]),
+    ("predict-corrupt-image", "predict.py",
+     lambda run, tmp: [run, _image(tmp), (tmp / "bad.jpg", (tmp / "bad.jpg").write_bytes(b"\xff\xd8junk"))[0],
+                       "--out", tmp / "out"], ["bad.jpg", "unreadable or corrupt"]),
+    ("predict-without-out", "predict.py", lambda run, tmp: [run, _image(tmp)], ["--out"]),
+]
+
+
+@pytest.mark.parametrize("case, script, make_args, expected", CHECKPOINT_CASES + CLI_CASES,
+                         ids=[c[0] for c in CHECKPOINT_CASES + CLI_CASES])
+def test_bad_checkpoint_or_command_line(cli, trained_run: Path, tmp_path: Path, monkeypatch,
+                                        case, script, make_args, expected) -> None:
+    monkeypatch.chdir(tmp_path)
+    before = _digest(trained_run)
+    args = make_args(trained_run, tmp_path)
+    copies = {p: _digest(p) for p in tmp_path.glob("killed-run")}
+    result = cli(script, *args)
+    assert result.code == 2, (result.code, result.err)
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1, result.err
+    for part in expected:
+        assert part in lines[0], (part, lines[0])
+    assert _digest(trained_run) == before
+    for folder, digest in copies.items():
+        assert _digest(folder) == digest
+    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_pickle_payload_is_live_but_never_runs(trained_run: Path, tmp_path: Path, cli) -> None:
+    """The payload used above really runs code when unpickled without `weights_only` (control),
+    and every entry point (evaluate.py, predict.py, run.py --resume, the trainer's loader)
+    refuses it before it can."""
+    import torch
+
+    from core.checkpoint import load_checkpoint
+    from core.errors import CheckpointError
+
+    control = _pickled(trained_run, tmp_path)
+    torch.load(control, weights_only=False)
+    assert (tmp_path / "PWNED").is_dir()  # the payload is real
+    (tmp_path / "PWNED").rmdir()
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(control)
+    assert not (tmp_path / "PWNED").exists()
