@@ -28,4 +28,8 @@ def run_main(main: Callable[[], int | None]) -> NoReturn:
     except SegsweepError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    except OSError as exc:  # e.g. an output path that cannot be written
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     raise SystemExit(code or 0)
