@@ -783,7 +783,9 @@ def load_optuna_study(sweep_dir: Path, sweep: Mapping[str, Any]) -> tuple[Any, s
         storage: Any = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
         where = "journal.log"
     elif setting and "://" in setting:
-        storage, where = setting, setting
+        from core.sweeps import resolve_rdb_url
+
+        storage, where = resolve_rdb_url(setting), setting
     elif setting and (Path(setting).is_file() or (sweep_dir / setting).is_file()):
         path = Path(setting) if Path(setting).is_file() else sweep_dir / setting  # as given, or beside sweep.yaml
         storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))

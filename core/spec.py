@@ -126,6 +126,7 @@ class TrainSpec(_Section):
     time_budget_s: float | None = Field(None, gt=0)
     threads: int | None = Field(None, ge=1)  # torch intra-op threads; None: torch's default
     predictions_every: int = Field(1, ge=1)  # epochs between prediction grids for trackers
+    sync_batchnorm: bool = False  # under torchrun: BatchNorm statistics over every rank's batch (GPU only)
 
 
 class CheckpointSpec(_Section):

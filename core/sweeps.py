@@ -102,7 +102,7 @@ def _masked(url: str) -> str:
     return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}" if ":" in creds else url
 
 
-def _postgres_driver(url: str) -> str:
+def resolve_rdb_url(url: str) -> str:
     """`postgresql://` means psycopg 3 to SQLAlchemy >= 2.1; use psycopg2 (our `postgres` extra) when only it is here."""
     import importlib.util
 
@@ -137,7 +137,7 @@ def open_storage(location: str, spec: OptunaSpec) -> BaseStorage:
         engine_kwargs: dict[str, Any] = {}
         if location.startswith(("postgresql", "mysql")):
             engine_kwargs["connect_args"] = {"connect_timeout": 10}
-        url = _postgres_driver(location)
+        url = resolve_rdb_url(location)
         try:
             rdb = RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=spec.heartbeat_interval,
                              grace_period=spec.grace_period, heartbeat_stale_trial_callback=retry)

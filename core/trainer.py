@@ -25,6 +25,7 @@ from torch import nn
 
 from core.checkpoint import TopK, load_checkpoint, load_model_state, save_checkpoint
 from core.data import build_data
+from core.distributed import agree_stop, broadcast_module, convert_sync_batchnorm, main_value
 from core.errors import CheckpointError, SegsweepError
 from core.losses import build_loss
 from core.metrics import SegmentationMeter, probabilities
@@ -477,6 +478,8 @@ def fit(
     model = build_model(spec.model).to(device)
     if spec.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if spec.train.sync_batchnorm:  # several ranks on GPUs (refused on CPU); one process: unchanged
+        model = convert_sync_batchnorm(model, device, world)
     optimizer = build_optimizer(spec, model.parameters())
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     loss_fn = build_loss(spec.loss, spec.model.head)
@@ -539,11 +542,23 @@ def fit(
     budget = spec.train.time_budget_s
     eval_kw = dict(head=head, device=device, precision=precision, channels_last=spec.train.channels_last)
     with _Interrupts() as interrupts:
-        def interrupted() -> bool:
-            return interrupts.signum is not None
+        peer_signal: list[int] = []  # DDP: a signal another rank received stops this rank too
 
-        def should_stop() -> bool:
-            return interrupted() or (budget is not None and time.perf_counter() - started >= budget)
+        def interrupted() -> bool:
+            return interrupts.signum is not None or bool(peer_signal)
+
+        def agreed(over_budget: bool = False) -> tuple[bool, bool]:
+            """(interrupted, over budget) as every rank sees them. Under DDP a collective, called at
+            the same points on every rank: decisions that lead to collectives use it."""
+            if world == 1:
+                return interrupted(), over_budget
+            signum, over_budget = agree_stop(interrupts.signum or (peer_signal or [None])[0], over_budget)
+            if signum and not interrupted():
+                peer_signal.append(signum)
+            return signum is not None, over_budget
+
+        def should_stop() -> bool:  # after every step, on every rank: all leave the epoch together
+            return any(agreed(budget is not None and time.perf_counter() - started >= budget))
 
         interrupts.on_exit_now = lambda: _finish(run_dir, summary, rows, best, started, "interrupted",
                                                  "a second signal: exited at once", is_main, None, spec, quick=True)
@@ -563,7 +578,7 @@ def fit(
                 tracker.start(spec, run_dir, meta)
             try:
                 for epoch in range(start_epoch, spec.train.epochs + 1):
-                    if stop is not None or interrupted():
+                    if stop is not None or agreed()[0]:
                         break
                     # Data order, augmentation and dropout all derive from (seed, epoch): resumable.
                     seed_everything(derive_seed(spec.seed, epoch))
@@ -579,15 +594,18 @@ def fit(
                         grad_clip=spec.train.grad_clip, should_stop=should_stop, progress=progress,
                     )
                     progress.train_s = time.perf_counter() - t0
-                    if not interrupted():
+                    if not agreed()[0]:
                         val = evaluate(train_model, data.val, loss_fn, ids=data.datasets["val"].ids,
                                        desc=f"epoch {epoch} val", should_stop=interrupted, **eval_kw)
-                    if interrupted():
+                    if agreed()[0]:
                         # Keep the batches done: the resumed run continues with the next one.
                         if is_main and spec.checkpoint.save_last:
                             save_checkpoint(checkpoint(epoch - 1, {"epoch": epoch, "progress": asdict(progress),
                                                                    "rng": _rng_state()}), last_path)
                         break
+                    if world > 1:  # over every rank's images, not rank 0's shard alone
+                        loss_sum, seen_all = _all_reduce_sum(torch.tensor(train_loss * seen, dtype=torch.float64), seen, device)
+                        train_loss = float(loss_sum) / max(1, seen_all)
                     row = {"epoch": epoch, "train/loss": train_loss, **val.metrics("val"),
                            "lr": optimizer.param_groups[0]["lr"], "epoch_s": time.perf_counter() - t0,
                            "img_per_s": seen * world / max(progress.train_s, 1e-9)}
@@ -623,6 +641,8 @@ def fit(
                         stop = ("completed", f"no better val/dice for {bad_epochs} epochs")
                     if stop is None and budget is not None and time.perf_counter() - started >= budget:
                         stop = ("completed", "time budget spent")
+                    if world > 1:  # rank 0's clock and hook decide for every rank
+                        stop = main_value(stop)
                     if is_main and spec.checkpoint.save_last:
                         # A final stop is part of the state: resuming a finished run only re-tests it.
                         payload["state"]["stop"] = list(stop) if stop and stop[0] != "interrupted" else None
@@ -635,23 +655,26 @@ def fit(
                 status = stop[0]
                 if stop[1]:
                     summary["stopped_early"] = stop[1]
-            elif status == "completed" and interrupted():
+            elif agreed()[0] and status == "completed":
                 status = "interrupted"
 
             # Test the best checkpoint (chosen on validation) once.
-            if status in ("completed", "diverged", "pruned") and (ckpt_dir / "best.pt").exists():
-                best_state = load_checkpoint(ckpt_dir / "best.pt")
-                load_model_state(_unwrap(model), best_state["model"], ckpt_dir / "best.pt")
+            # Rank 0 decides and loads best.pt; the other ranks get its weights (no shared disk needed).
+            if main_value(status in ("completed", "diverged", "pruned") and (ckpt_dir / "best.pt").exists()):
+                if is_main:
+                    best_state = load_checkpoint(ckpt_dir / "best.pt")
+                    load_model_state(_unwrap(model), best_state["model"], ckpt_dir / "best.pt")
+                broadcast_module(_unwrap(model))
                 test = evaluate(train_model, data.test, loss_fn, ids=data.datasets["test"].ids, desc="test",
                                 should_stop=interrupted, **eval_kw)
-                if interrupted():  # resuming will test again
+                if agreed()[0]:  # resuming will test again
                     status = "interrupted"
                 else:
                     summary.update({k: v for k, v in test.metrics("test").items() if k != "test/loss"})
                     if is_main:
                         write_per_image(run_dir, test.per_image)
                         save_prediction_png(run_dir, _prediction_grid(_unwrap(model), data.datasets["val"], head, device, precision))
-            signum = interrupts.signum if status == "interrupted" else None
+            signum = (interrupts.signum or (peer_signal or [None])[0]) if status == "interrupted" else None
         except BaseException as exc:  # recorded (failed, or interrupted by KeyboardInterrupt), then re-raised
             interrupts.on_exit_now = None
             if isinstance(exc, Exception):

@@ -62,22 +62,29 @@ def main() -> int:
             return 0
         run_dir = new_run_dir(args.results or "results", spec.name, create=False)
 
+    from core.distributed import main_value, process_group
     from core.tracking import build_tracker
     from core.trainer import fit
 
-    print(f"run folder: {run_dir}", flush=True)
-    result = fit(spec, run_dir, tracker=build_tracker(spec, run_dir), resume=bool(args.resume))
+    # Under torchrun: one process per rank, DDP; rank 0 names the folder, writes and reports.
+    with process_group(spec.train.device, spec.train.threads) as ranks:
+        run_dir = main_value(run_dir)
+        say = print if ranks.is_main else (lambda *args, **kwargs: None)
+        say(f"run folder: {run_dir}", flush=True)
+        tracker = build_tracker(spec, run_dir) if ranks.is_main else None
+        result = fit(spec, run_dir, tracker=tracker, resume=bool(args.resume))
     s = result.metrics
-    print(f"status: {result.status}")
-    print(f"best val/dice: {s['val/dice']:.4f} (epoch {result.best_epoch})")
-    print(f"test/dice: {s['test/dice']:.4f}  test/dice_global: {s['test/dice_global']:.4f}  test/iou: {s['test/iou']:.4f}")
-    print(f"results: {run_dir} (metrics.csv, summary.json, curves.png, predictions.png, checkpoints/)")
+    say(f"status: {result.status}")
+    say(f"best val/dice: {s['val/dice']:.4f} (epoch {result.best_epoch})")
+    say(f"test/dice: {s['test/dice']:.4f}  test/dice_global: {s['test/dice_global']:.4f}  test/iou: {s['test/iou']:.4f}")
+    say(f"results: {run_dir} (metrics.csv, summary.json, curves.png, predictions.png, checkpoints/)")
     if result.status == "interrupted":
         # last.pt holds every batch done, so nothing is lost (see core.trainer.fit).
-        print(f"resume with: python scripts/run.py --resume {run_dir}", file=sys.stderr)
+        launcher = f"torchrun --nproc_per_node={ranks.local_world_size}" if ranks.world_size > 1 else "python"
+        say(f"resume with: {launcher} scripts/run.py --resume {run_dir}", file=sys.stderr)
         return 128 + (result.signal or signal.SIGINT)
     if result.status in ("diverged", "failed"):
-        print(f"run {result.status}: {s.get('error', '')}", file=sys.stderr)
+        say(f"run {result.status}: {s.get('error', '')}", file=sys.stderr)
         return 1
     return 0
 
