@@ -34,6 +34,15 @@ STATUSES = ("completed", "failed", "diverged", "interrupted", "pruned")  # summa
 TEMP_SUFFIX = ".tmp"
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def atomic_write(path: Path, write: Callable[[Path], None], error: type[SegsweepError] = SegsweepError) -> None:
     """Call `write(tmp)` on a temporary file beside `path`, fsync it, then rename over `path`.
 
@@ -45,6 +54,7 @@ def atomic_write(path: Path, write: Callable[[Path], None], error: type[Segsweep
     tmp: Path | None = None
     try:
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; records are shared like any file
         os.close(fd)
         tmp = Path(name)
         write(tmp)

@@ -124,3 +124,14 @@ def test_predict_script_writes_masks_and_overlays(tiny_spec, tmp_path: Path, cli
         assert (tmp_path / "preds" / f"{image.stem}_overlay.png").is_file()
     missing = cli("predict.py", result.run_dir / "checkpoints" / "best.pt", tmp_path / "nope.jpg", "--out", tmp_path / "p2")
     assert missing.code == 2 and "nope.jpg" in missing.err
+
+
+def test_record_files_follow_the_umask(tmp_path: Path) -> None:
+    import os
+
+    from core.record import atomic_write_text
+
+    atomic_write_text(tmp_path / "a.txt", "x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~mask
