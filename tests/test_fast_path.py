@@ -110,8 +110,10 @@ def test_channels_last_gradients_match_nchw(name: str) -> None:
         grads.append((loss.item(), {k: p.grad.detach().clone() for k, p in model.named_parameters()}))
     (loss_a, grad_a), (loss_b, grad_b) = grads
     assert loss_b == pytest.approx(loss_a, rel=1e-5)
+    # fp32 sums in another order (layout, thread count) differ by ~1e-5 relative, more on small
+    # BatchNorm-weight gradients; a layout bug would differ by O(1).
     for key, g in grad_a.items():
-        assert (grad_b[key] - g).norm().item() <= 1e-4 * g.norm().item() + 1e-9, key
+        assert (grad_b[key] - g).norm().item() <= 2e-3 * g.norm().item() + 1e-7, key
 
 
 def test_evaluate_gives_the_same_metrics_on_the_fast_path(tiny_spec) -> None:
