@@ -127,6 +127,7 @@ class TrainSpec(_Section):
     threads: int | None = Field(None, ge=1)  # torch intra-op threads; None: torch's default
     predictions_every: int = Field(1, ge=1)  # epochs between prediction grids for trackers
     sync_batchnorm: bool = False  # under torchrun: BatchNorm statistics over every rank's batch (GPU only)
+    final_test: bool = True  # test the best checkpoint when training ends (false: studies that tune on val only)
 
 
 class CheckpointSpec(_Section):
@@ -408,20 +409,29 @@ def _hash(tree: Mapping[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+def _identity(spec: ExperimentSpec, drop: tuple[str, ...]) -> str:
+    """Hash of the values that differ from the defaults, less the `drop` sections.
+
+    Only non-default values count, so adding a field (with a default that keeps old behaviour)
+    leaves every existing run's and sweep cell's hash as it was.
+    """
+    defaults = flatten(spec_to_dict(ExperimentSpec()))
+    values = {key: value for key, value in flatten(spec_to_dict(spec)).items()
+              if key.split(".")[0] not in drop and value != defaults.get(key, _MISSING)}
+    return _hash(values)
+
+
+_MISSING = object()
+
+
 def config_hash(spec: ExperimentSpec) -> str:
     """Identity of what is trained: the resolved spec without `name` and `tracking`."""
-    tree = spec_to_dict(spec)
-    tree.pop("tracking")
-    tree.pop("name")
-    return _hash(tree)
+    return _identity(spec, ("tracking", "name"))
 
 
 def arm_hash(spec: ExperimentSpec) -> str:
     """Identity of an ablation arm: `config_hash` without the seed."""
-    tree = spec_to_dict(spec)
-    for key in ("tracking", "name", "seed"):
-        tree.pop(key)
-    return _hash(tree)
+    return _identity(spec, ("tracking", "name", "seed"))
 
 
 def spec_keys() -> dict[str, Any]:

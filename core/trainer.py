@@ -658,9 +658,11 @@ def fit(
             elif agreed()[0] and status == "completed":
                 status = "interrupted"
 
-            # Test the best checkpoint (chosen on validation) once.
-            # Rank 0 decides and loads best.pt; the other ranks get its weights (no shared disk needed).
-            if main_value(status in ("completed", "diverged", "pruned") and (ckpt_dir / "best.pt").exists()):
+            # Test the best checkpoint (chosen on validation) once, unless the spec keeps the test
+            # split out (a study tuning on val). Rank 0 decides and loads best.pt; the other ranks
+            # get its weights (no shared disk needed).
+            if main_value(spec.train.final_test and status in ("completed", "diverged", "pruned")
+                          and (ckpt_dir / "best.pt").exists()):
                 if is_main:
                     best_state = load_checkpoint(ckpt_dir / "best.pt")
                     load_model_state(_unwrap(model), best_state["model"], ckpt_dir / "best.pt")

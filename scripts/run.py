@@ -76,7 +76,10 @@ def main() -> int:
     s = result.metrics
     say(f"status: {result.status}")
     say(f"best val/dice: {s['val/dice']:.4f} (epoch {result.best_epoch})")
-    say(f"test/dice: {s['test/dice']:.4f}  test/dice_global: {s['test/dice_global']:.4f}  test/iou: {s['test/iou']:.4f}")
+    if spec.train.final_test:
+        say(f"test/dice: {s['test/dice']:.4f}  test/dice_global: {s['test/dice_global']:.4f}  test/iou: {s['test/iou']:.4f}")
+    else:
+        say("test split not evaluated (train.final_test: false)")
     say(f"results: {run_dir} (metrics.csv, summary.json, curves.png, predictions.png, checkpoints/)")
     if result.status == "interrupted":
         # last.pt holds every batch done, so nothing is lost (see core.trainer.fit).

@@ -62,6 +62,21 @@ def test_config_hash_ignores_name_and_tracking_but_not_choices() -> None:
     assert arm_hash(a) == arm_hash(override_spec(a, {"seed": 1}))
 
 
+def test_config_hash_is_stable_when_the_schema_grows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only non-default values are hashed: a new field left at its default changes no hash, so a
+    sweep started before the field existed still finds its finished cells."""
+    import core.spec as spec_module
+
+    # Setting a value equal to its default is the same run as leaving it out.
+    assert config_hash(override_spec(ExperimentSpec(), {"optim.lr": 1e-4})) == config_hash(ExperimentSpec())
+    a = override_spec(ExperimentSpec(), {"model.init": "paper", "optim.lr": 1e-3})
+    before = config_hash(a), arm_hash(a)
+    real = spec_module.spec_to_dict
+    monkeypatch.setattr(spec_module, "spec_to_dict",
+                        lambda s: {**real(s), "train": {**real(s)["train"], "new_field": 7}})
+    assert (config_hash(a), arm_hash(a)) == before
+
+
 def test_spec_keys_cover_every_leaf() -> None:
     keys = spec_keys()
     assert {"optim.lr", "model.init", "data.augment.affine_p", "tracking.wandb.mode"} <= set(keys)

@@ -101,6 +101,19 @@ def test_early_stopping_and_time_budget(tiny_spec, tmp_path: Path) -> None:
     assert math.isfinite(summary["test/dice"])
 
 
+def test_final_test_false_keeps_the_test_split_out(tiny_spec, tmp_path: Path, monkeypatch) -> None:
+    """A study tuning on val never evaluates (or even loads a batch of) the test split."""
+    import core.trainer as trainer
+
+    real, splits = trainer.evaluate, []
+    monkeypatch.setattr(trainer, "evaluate", lambda model, loader, *a, desc="", **kw:
+                        splits.append(desc) or real(model, loader, *a, desc=desc, **kw))
+    result = fit(tiny_spec(**{"train.final_test": False}), tmp_path / "val_only")
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert result.status == "completed" and splits and "test" not in splits
+    assert summary["test/dice"] is None and not (result.run_dir / "test_per_image.csv").exists()
+
+
 def test_evaluate_script_matches_summary(tiny_spec, tmp_path: Path, cli) -> None:
     result = fit(tiny_spec(), tmp_path / "run")
     out = cli("evaluate.py", result.run_dir, "--split", "test", "--per-image", tmp_path / "per.csv")
