@@ -3,6 +3,7 @@ sharding, user-facing errors, the synthetic generator and the real pets subset."
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from core.data import EpochSampler, build_data, build_sources, load_sample, samp
 from core.data.cache import dataset_stats, ensure_cache, resolve_cache_dir
 from core.data.synthetic import ensure_synthetic
 from core.errors import DataError
-from core.spec import ExperimentSpec, SyntheticSpec, override_spec
+from core.spec import AugmentSpec, ExperimentSpec, SyntheticSpec, override_spec
 
 REAL_SUBSET = Path(__file__).resolve().parents[2] / "shared/data/oxford-iiit-pet-mini"
 
@@ -291,6 +292,69 @@ def test_augmentation_is_a_function_of_the_sample_seed(tmp_path):
     # Evaluation never augments: the seed is ignored.
     val = build_data(spec).datasets["val"]
     assert torch.equal(val[(0, 1)][0], val[(0, 2)][0])
+
+
+def _pair(seed: int = 0, size: int = 48):
+    rng = np.random.default_rng(seed)
+    image = cv2.GaussianBlur(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), (7, 7), 2)
+    mask = np.zeros((size, size), np.uint8)
+    cv2.circle(mask, (size // 2 + 5, size // 2 - 3), size // 4, 1, -1)
+    mask[:, : size // 6] = 255
+    return image, mask
+
+
+def test_single_warp_equals_the_affine_then_the_flip():
+    """The flip folded into the affine matrix resamples like warping then flipping."""
+    from core.data import GeometricWarp
+
+    image, mask = _pair()
+    warp = GeometricWarp(AugmentSpec(affine_p=1.0, hflip_p=1.0, scale=0.2, translate=0.1, rotate=30))
+    for seed in range(5):
+        matrix, flip = warp.matrix(np.random.default_rng(seed), mask.shape)
+        assert flip and matrix is not None
+        fused = warp(image, mask, np.random.default_rng(seed))
+        size, border = (48, 48), dict(borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        two_step = (cv2.warpAffine(image, matrix, size, flags=cv2.INTER_LINEAR, **border)[:, ::-1],
+                    cv2.warpAffine(mask, matrix, size, flags=cv2.INTER_NEAREST, **border)[:, ::-1])
+        assert np.abs(fused[0].astype(int) - two_step[0]).max() <= 2  # fixed-point rounding
+        assert (fused[1] != two_step[1]).mean() < 0.01 and set(np.unique(fused[1])) <= {0, 1, 255}
+
+
+def test_geometry_off_or_flip_only_is_exact():
+    from core.data import GeometricWarp
+
+    image, mask = _pair()
+    still = GeometricWarp(AugmentSpec(affine_p=0.0, hflip_p=0.0))
+    assert all(a is b for a, b in zip(still(image, mask, np.random.default_rng(0)), (image, mask)))
+    flipped = GeometricWarp(AugmentSpec(affine_p=0.0, hflip_p=1.0))(image, mask, np.random.default_rng(0))
+    assert np.array_equal(flipped[0], image[:, ::-1]) and np.array_equal(flipped[1], mask[:, ::-1])
+    # An affine that draws the identity (no scale, shift or rotation range) changes nothing either.
+    ident = GeometricWarp(AugmentSpec(affine_p=1.0, hflip_p=0.0, scale=0, translate=0, rotate=0))
+    out = ident(image, mask, np.random.default_rng(0))
+    assert np.array_equal(out[0], image) and np.array_equal(out[1], mask)
+
+
+def test_affine_draws_cover_the_configured_ranges():
+    """Scale, shift and rotation are uniform over the spec's ranges, and p is respected."""
+    from core.data import GeometricWarp
+
+    warp = GeometricWarp(AugmentSpec(affine_p=0.5, hflip_p=0.25, scale=0.2, translate=0.1, rotate=20))
+    rng, scales, angles, shifts, flips, applied = np.random.default_rng(0), [], [], [], 0, 0
+    for _ in range(4000):
+        matrix, flip = warp.matrix(rng, (100, 100))
+        flips += flip
+        if matrix is not None:
+            applied += 1
+            a, b = matrix[0, 0], matrix[1, 0]
+            scales.append(math.hypot(a, b))
+            angles.append(math.degrees(math.atan2(-b, a)))
+            centre = matrix[:, :2] @ (49.5, 49.5) + matrix[:, 2]
+            shifts.append(centre - 49.5)
+    assert abs(applied / 4000 - 0.5) < 0.03 and abs(flips / 4000 - 0.25) < 0.03
+    assert 0.8 <= min(scales) < 0.82 and 1.18 < max(scales) <= 1.2
+    assert -20 <= min(angles) < -19 and 19 < max(angles) <= 20
+    shifts = np.array(shifts)
+    assert np.all(np.abs(shifts) <= 10 + 1e-9) and np.all(np.abs(shifts).max(axis=0) > 9.8)
 
 
 def test_epoch_batches_do_not_depend_on_workers_or_restarts(tmp_path):

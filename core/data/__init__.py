@@ -16,13 +16,13 @@ from typing import Literal
 import torch
 from torch.utils.data import DataLoader
 
+from core.data.augment import Augmentation, GeometricWarp, build_augmentation
 from core.data.cache import SplitCache, dataset_stats, ensure_cache, resolve_cache_dir
 from core.data.pipeline import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     EpochSampler,
     SegmentationDataset,
-    build_augmentation,
     collate,
     sample_seed,
 )
@@ -41,7 +41,7 @@ from core.errors import DataError
 from core.spec import DataSpec, ExperimentSpec
 
 __all__ = [
-    "DataBundle", "EpochSampler", "SegmentationDataset", "Sample", "SplitSource", "build_data",
+    "Augmentation", "DataBundle", "EpochSampler", "GeometricWarp", "SegmentationDataset", "Sample", "SplitSource", "build_data",
     "build_sources", "build_augmentation", "load_sample", "sample_seed", "resolve_num_workers",
 ]
 

@@ -7,15 +7,13 @@ worker count, and after a restart that resumes at epoch e.
 from __future__ import annotations
 
 import math
-import os
-import random
 from typing import Any, Iterator, Sequence
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from core.data.augment import build_augmentation
 from core.data.cache import SplitCache
 from core.data.sources import SplitSource, load_sample
 from core.spec import AugmentSpec
@@ -76,52 +74,6 @@ class EpochSampler(Sampler):
         return (self.rank + 1) * self.n // self.world_size - self.rank * self.n // self.world_size
 
 
-def build_augmentation(spec: AugmentSpec, size: int) -> Any | None:
-    """The training `albumentations.Compose` (None when every probability is 0).
-
-    Geometric transforms pad with 0 and resample masks with nearest neighbour, so mask values
-    stay in {0, 1, 255}.
-    """
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check at import
-    import albumentations as A
-
-    geometry = dict(interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST,
-                    border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0)
-    transforms: list[Any] = []
-    if spec.affine_p > 0:
-        transforms.append(A.Affine(
-            scale=(1 - spec.scale, 1 + spec.scale), keep_ratio=True,
-            translate_percent=(-spec.translate, spec.translate),
-            rotate=(-spec.rotate, spec.rotate), p=spec.affine_p, **geometry,
-        ))
-    if spec.hflip_p > 0:
-        transforms.append(A.HorizontalFlip(p=spec.hflip_p))
-    if spec.elastic_p > 0:
-        # Smooth displacements of ~2% of the side (the U-Net paper: 10 px std on 572 px tiles).
-        # albumentations scales the noise by its maximum, so the displacement is not linear in
-        # alpha; this alpha gives an rms of 1.7-2.1% of the side from 64 to 1024 px (measured).
-        alpha = size * max(0.5, 0.95 * math.log2(size / 32))
-        transforms.append(A.ElasticTransform(alpha=alpha, sigma=0.08 * size, noise_distribution="gaussian",
-                                             p=spec.elastic_p, **geometry))
-    if spec.color_jitter_p > 0:
-        j = spec.color_jitter
-        transforms.append(A.ColorJitter(brightness=(1 - j, 1 + j), contrast=(1 - j, 1 + j),
-                                        saturation=(1 - j, 1 + j), hue=(-j / 4, j / 4), p=spec.color_jitter_p))
-    return A.Compose(transforms, seed=0) if transforms else None
-
-
-def augment(pipeline: Any, image: np.ndarray, mask: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Run `pipeline` with all its randomness drawn from `seed`.
-
-    albumentations 2 gives every transform its own RNG pair; `Compose.set_random_seed` would give
-    each the *same* stream (so one uniform draw decides every `p`). One shared pair per sample
-    keeps the transforms independent and the result a function of `seed` alone.
-    """
-    pipeline.set_random_state(np.random.default_rng(seed), random.Random(seed))
-    out = pipeline(image=image, mask=mask)
-    return out["image"], out["mask"]
-
-
 class SegmentationDataset(Dataset):
     """Items `(image float32 (3, H, W) normalised, mask uint8 (H, W) in {0, 1, 255}, index)`.
 
@@ -172,8 +124,7 @@ class SegmentationDataset(Dataset):
             if self._pipeline is None:
                 self._pipeline = build_augmentation(self.augment_spec, self.size) or False
             if self._pipeline:
-                image, mask = augment(self._pipeline, image, mask,
-                                      sample_seed(self.seed, 0, index) if seed is None else seed)
+                image, mask = self._pipeline(image, mask, sample_seed(self.seed, 0, index) if seed is None else seed)
         return self.normalise(image), torch.from_numpy(np.ascontiguousarray(mask)), index
 
     def normalise(self, image: np.ndarray) -> torch.Tensor:
