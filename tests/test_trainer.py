@@ -148,3 +148,24 @@ def test_record_files_follow_the_umask(tmp_path: Path) -> None:
     mask = os.umask(0)
     os.umask(mask)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+def test_optimisers_use_fused_kernels_and_still_descend(name: str) -> None:
+    from core.spec import ExperimentSpec, override_spec
+    from core.trainer import build_optimizer
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 1)
+    optimizer = build_optimizer(override_spec(ExperimentSpec(), {"optim.name": name, "optim.lr": 0.05}),
+                                model.parameters())
+    assert optimizer.param_groups[0]["fused"] is True
+    x, y = torch.randn(64, 8), torch.randn(64, 1)
+    losses = []
+    for _ in range(20):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.9 * losses[0]
