@@ -1,0 +1,245 @@
+"""Report of a search study (TPE/random over a recipe) and of the recipe it chose.
+
+`write_study_report(sweep_dir, final_runs, out)` reads the sweep folder (sweep.yaml and the
+Optuna storage) and the final recipe's run folders (trained once per seed, then tested), and
+writes `report.md` with figures: parameter importances, the optimisation history, parallel
+coordinates, and the final runs' Dice curves. The study's trials are ranked on the metric they
+were tuned on (val); test Dice appears only for the final runs.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from core.reports import (
+    ReportError, RunRecord, _default_style, _f, _new_figure, _rel, _save, _table, find_run_dirs, load_optuna_study,
+    load_run, plot_optuna, read_sweep_spec,
+)
+from core.stats import mean_sd, t_interval
+
+TOP_TRIALS = 10
+# Keys fixed by every trial that say how a trial ran rather than what it trained.
+SETTING_KEYS = ("train.time_budget_s", "train.threads", "train.final_test")
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, bool) or value is None:  # as YAML writes them
+        return {True: "true", False: "false", None: "null"}[value]
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _space_rows(parameters: Mapping[str, Any]) -> list[list[str]]:
+    rows = []
+    for key, p in parameters.items():
+        if not isinstance(p, Mapping):
+            continue
+        if "value" in p:
+            rows.append([key, "fixed", _value(p["value"])])
+        elif "values" in p:
+            rows.append([key, "choice", ", ".join(_value(v) for v in p["values"])])
+        else:
+            rows.append([key, str(p.get("distribution", "uniform")), f"{_value(p.get('min'))} … {_value(p.get('max'))}"])
+    return rows
+
+
+def _final_groups(runs: Sequence[RunRecord]) -> dict[str, list[RunRecord]]:
+    """Final runs by model (the recipe's one free choice in the final comparison), seeds sorted."""
+    groups: dict[str, list[RunRecord]] = defaultdict(list)
+    for run in runs:
+        groups[str(run.config.get("model.name", "?"))].append(run)
+    return {k: sorted(v, key=lambda r: r.seed) for k, v in sorted(groups.items())}
+
+
+def plot_final_curves(groups: Mapping[str, Sequence[RunRecord]], path: Path) -> bool:
+    """val/dice per epoch against the epoch and against training time, one line per run."""
+    if not any(r.curve.get("val/dice") for runs in groups.values() for r in runs):
+        return False
+    fig = _new_figure(11, 4.2)
+    by_epoch, by_time = fig.subplots(1, 2)
+    colours = ("tab:blue", "tab:orange", "tab:green", "tab:red")
+    for colour, (model, runs) in zip(colours * 4, groups.items()):
+        for i, run in enumerate(runs):
+            epochs, dice = run.curve.get("epoch", ()), run.curve.get("val/dice", ())
+            if not dice:
+                continue
+            minutes = np.cumsum(run.curve.get("epoch_s", (math.nan,) * len(dice))) / 60
+            label = f"{model} seed {run.seed}"
+            style = dict(color=colour, alpha=0.85, lw=1.2, ls=("-", "--", ":", "-.")[i % 4], label=label)
+            by_epoch.plot(epochs, dice, **style)
+            by_time.plot(minutes, dice, **style)
+    by_epoch.set_xlabel("epoch")
+    by_time.set_xlabel("training time (min, cumulative epoch time)")
+    for ax in (by_epoch, by_time):
+        ax.set_ylabel("val Dice (mean per image)")
+        ax.grid(alpha=0.3)
+    by_epoch.set_title("Final recipe: validation Dice per epoch")
+    by_time.set_title("… against the time budget")
+    by_time.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    _save(fig, path)
+    return True
+
+
+def plot_history(study: Any, path: Path) -> bool:
+    """Each completed trial's value in trial order, with the best so far."""
+    import optuna
+
+    done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    if not done:
+        return False
+    numbers, values = [t.number for t in done], [t.value for t in done]
+    best = np.maximum.accumulate(values) if study.direction == optuna.study.StudyDirection.MAXIMIZE \
+        else np.minimum.accumulate(values)
+    fig = _new_figure(7, 4)
+    ax = fig.subplots()
+    ax.scatter(numbers, values, s=22, color="tab:blue", label="trial", zorder=3)
+    ax.step(numbers, best, where="post", color="tab:red", label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("objective")
+    ax.set_title("Optimisation history")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    _save(fig, path)
+    return True
+
+
+def _importances(study: Any) -> list[tuple[str, float]]:
+    import optuna
+
+    done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    if len(done) < 2:
+        return []
+    try:
+        import sklearn  # noqa: F401
+
+        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+    except ImportError:
+        evaluator = optuna.importance.PedAnovaImportanceEvaluator()
+    try:
+        return list(optuna.importance.get_param_importances(study, evaluator=evaluator).items())
+    except Exception:  # e.g. one distinct value everywhere
+        return []
+
+
+def render(sweep: Mapping[str, Any], study: Any, study_note: str, groups: Mapping[str, Sequence[RunRecord]],
+           figures: Mapping[str, str], notes: Sequence[str], target: float | None, sources: Sequence[str]) -> str:
+    import optuna
+
+    name = sweep.get("name", "study")
+    metric = (sweep.get("metric") or {}).get("name", "value")
+    params = sweep.get("parameters") or {}
+    lines = [f"# Recipe study: {name}", ""]
+
+    lines += ["## Final recipe, tested once per seed", ""]
+    if groups:
+        rows, verdicts = [], []
+        for model, runs in groups.items():
+            tests = [r.test_dice for r in runs if math.isfinite(r.test_dice)]
+            mean, sd = mean_sd(tests)
+            lo, hi = t_interval(tests)
+            walls = [r.number("wall_s") for r in runs]
+            budgets = {r.summary.get("time_budget_s") for r in runs}
+            rows.append([
+                model, ", ".join(str(r.seed) for r in runs), f"{_f(mean)} ± {_f(sd)}",
+                "—" if not math.isfinite(lo) else f"[{lo:.4f}, {hi:.4f}]",
+                ", ".join(_f(r.test_dice) for r in runs),
+                ", ".join(_f(r.val_dice) for r in runs),
+                ", ".join(str(r.summary.get("epochs_run", "—")) for r in runs),
+                f"{max(walls):.0f}" if walls and all(map(math.isfinite, walls)) else "—",
+                ", ".join(_value(b) for b in sorted(budgets, key=str)),
+            ])
+            if target is not None and tests:
+                ok = mean >= target
+                verdicts.append(f"- **{model}**: mean test/dice {_f(mean)} over {len(tests)} seed(s) "
+                                f"{'≥' if ok else '<'} target {target:.3f}: {'met' if ok else 'not met'}.")
+        lines += _table(["model", "seeds", "test/dice mean ± sd", "95% CI (t, seeds)", "test/dice per seed",
+                         "val/dice per seed", "epochs", "max wall s", "train.time_budget_s"], rows)
+        lines += verdicts + ([""] if verdicts else [])
+        lines += ["Test Dice is the mean per-image Dice at threshold 0.5 of the best-on-val checkpoint; "
+                  "wall s is the whole run (start-up, training, validation, the test pass, records)."]
+        if "curves" in figures:
+            lines += ["", f"![final curves]({figures['curves']})"]
+        lines += [""]
+    else:
+        lines += ["No final runs were given (`--final RUN_DIR ...`).", ""]
+
+    lines += ["## Study", "", f"Source: {study_note}."]
+    if study is None:
+        return "\n".join(lines + [""] + [f"- {n}" for n in notes] + [""])
+    trials = study.get_trials(deepcopy=False)
+    states = defaultdict(int)
+    for t in trials:
+        states[t.state.name.lower()] += 1
+    fixed = {k: p["value"] for k, p in params.items() if isinstance(p, Mapping) and "value" in p}
+    lines += [
+        f"Method `{sweep.get('method')}` (Optuna sampler seed {(sweep.get('optuna') or {}).get('sampler_seed')}), "
+        f"objective `{metric}` ({(sweep.get('metric') or {}).get('goal', 'maximize')}), "
+        f"seeds {sweep.get('seeds')}; {len(trials)} trials: "
+        + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) + ".",
+        "Every trial ran with " + ", ".join(f"`{k}={_value(fixed[k])}`" for k in SETTING_KEYS if k in fixed)
+        + " on the base experiment `" + str(sweep.get("experiment")) + "`.", "",
+        "### Search space", "",
+    ]
+    lines += _table(["key", "kind", "range or choices"], _space_rows(params))
+
+    done = sorted((t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None),
+                  key=lambda t: -t.value if study.direction == optuna.study.StudyDirection.MAXIMIZE else t.value)
+    varied = [k for k, p in params.items() if isinstance(p, Mapping) and "value" not in p]
+    if done:
+        lines += [f"### Best {min(TOP_TRIALS, len(done))} of {len(done)} completed trials", ""]
+        rows = [[str(t.number), _f(t.value), str(t.user_attrs.get("epochs", "—")),
+                 *(_value(t.params.get(k, "—")) for k in varied)] for t in done[:TOP_TRIALS]]
+        lines += _table(["trial", metric, "epochs", *varied], rows)
+    importances = _importances(study)
+    if importances:
+        lines += ["### Parameter importances", ""]
+        lines += _table(["parameter", "importance"], [[k, f"{v:.3f}"] for k, v in importances])
+    for key in ("importances", "history", "parallel"):
+        if key in figures:
+            lines += [f"![{key}]({figures[key]})", ""]
+    if notes:
+        lines += ["### Notes", ""] + [f"- {n}" for n in notes] + [""]
+    lines += ["Sources: " + ", ".join(f"`{s}`" for s in sources), ""]
+    return "\n".join(lines)
+
+
+def write_study_report(sweep_dir: str | Path, final: Sequence[str | Path] = (), out: str | Path | None = None,
+                       target: float | None = None) -> Path:
+    """Write `report.md` and its figures into `out` (default: the sweep folder); returns its path."""
+    sweep_dir = Path(sweep_dir)
+    if not (sweep_dir / "sweep.yaml").is_file():
+        raise ReportError(f"{sweep_dir}: not a sweep folder (no sweep.yaml); expected results/sweeps/<name>")
+    sweep = read_sweep_spec(sweep_dir)
+    if sweep.get("method") in (None, "grid"):
+        raise ReportError(f"{sweep_dir / 'sweep.yaml'}: method {sweep.get('method')!r} is not a search; "
+                          "ablation grids get `scripts/report.py`")
+    runs = [load_run(d) for d in find_run_dirs(final)] if final else []  # an untested run is refused there
+    study, note = load_optuna_study(sweep_dir, sweep)
+    out_dir = Path(out) if out is not None else sweep_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    groups = _final_groups(runs)
+    figures: dict[str, str] = {}
+    notes: list[str] = []
+    with _default_style():
+        if plot_final_curves(groups, out_dir / "final_curves.png"):
+            figures["curves"] = "final_curves.png"
+        if study is not None:
+            if plot_history(study, out_dir / "optuna_history.png"):
+                figures["history"] = "optuna_history.png"
+            files, notes = plot_optuna(study, out_dir)
+            for file in files:
+                figures["importances" if "importances" in file else "parallel"] = file
+    sources = [_rel(sweep_dir, out_dir)] + [_rel(r.run_dir, out_dir) for rs in groups.values() for r in rs]
+    text = render(sweep, study, note, groups, figures, notes, target, sources)
+    report = out_dir / "report.md"
+    tmp = out_dir / ".report.md.tmp"
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(report)
+    return report
