@@ -11,14 +11,14 @@ from core.checkpoint import load_checkpoint, load_model_state
 from core.data.sources import decode_image
 from core.errors import CheckpointError
 from core.metrics import probabilities
-from core.models import build_model
+from core.models import build_model, predict_batch
 from core.spec import ExperimentSpec, spec_from_dict
 
 
 class Predictor:
     """Loads a checkpoint once; `predict(image)` gives foreground probabilities (H, W) in [0, 1].
 
-    Pre-processing repeats training's evaluation path: squash-resize to `data.image_size`
+    Pre-processing repeats training's evaluation path (test-time augmentation included): squash-resize to `data.image_size`
     (area when shrinking), normalise with the statistics stored in the checkpoint. The
     probability map is resized back (bilinear) to the input's size.
     """
@@ -47,7 +47,8 @@ class Predictor:
         resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
         pixels = (resized.astype(np.float32) / 255 - self.mean) / self.std
         batch = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))[None].to(self.device)
-        prob = probabilities(self.model(batch).float(), self.spec.model.head)[0, 0].cpu().numpy()
+        output = predict_batch(self.model, batch, self.spec.train.tta)
+        prob = probabilities(output.float(), self.spec.model.head)[0, 0].cpu().numpy()
         return cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR)
 
     def predict_file(self, path: str | Path) -> tuple[np.ndarray, np.ndarray]:

@@ -421,3 +421,12 @@ class ResNet34UNet(nn.Module):
         check_input_size("resnet34_unet", self.size_divisor, x.shape[-2], x.shape[-1])
         x = self.decoder(self.encoder(x))
         return _apply_head(self.head(x), self.head_kind)  # (B, 1, H, W)
+
+
+def predict_batch(model: nn.Module, images: torch.Tensor, tta: str = "none") -> torch.Tensor:
+    """The model's output for an evaluation batch; `tta="hflip"` averages it with the mirrored
+    image's output mirrored back (in the head's own space: logits or probabilities)."""
+    output = model(images)
+    if tta == "hflip":
+        output = (output + model(images.flip(-1)).flip(-1)) / 2
+    return output

@@ -128,6 +128,7 @@ class TrainSpec(_Section):
     predictions_every: int = Field(1, ge=1)  # epochs between prediction grids for trackers
     sync_batchnorm: bool = False  # under torchrun: BatchNorm statistics over every rank's batch (GPU only)
     final_test: bool = True  # test the best checkpoint when training ends (false: studies that tune on val only)
+    tta: Literal["none", "hflip"] = "none"  # evaluation (val, test, evaluate.py, predict.py) averages image + mirror
 
 
 class CheckpointSpec(_Section):

@@ -29,7 +29,7 @@ from core.distributed import agree_stop, broadcast_module, convert_sync_batchnor
 from core.errors import CheckpointError, SegsweepError
 from core.losses import build_loss
 from core.metrics import SegmentationMeter, probabilities
-from core.models import build_model
+from core.models import build_model, predict_batch
 from core.record import (  # noqa: F401  (new_run_dir is part of the trainer's API)
     atomic_write_text, git_sha, library_versions, new_run_dir, plot_curves, prediction_grid, read_metrics,
     remove_temporaries, save_prediction_png, write_json, write_metrics, write_per_image,
@@ -370,9 +370,10 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 def evaluate(
     model: nn.Module, loader: Any, loss_fn: nn.Module, *, head: str, device: torch.device,
     precision: str, channels_last: bool, ids: list[str], desc: str = "eval",
-    should_stop: Callable[[], bool] | None = None,
+    should_stop: Callable[[], bool] | None = None, tta: str = "none",
 ) -> EvalResult:
-    """Loss and Dice/IoU over a whole split (no augmentation). Reduced over ranks under DDP.
+    """Loss and Dice/IoU over a whole split (no training augmentation; `tta` as in
+    `predict_batch`). Reduced over ranks under DDP.
 
     `should_stop` is checked after each batch; when it says stop, the result is partial and
     the caller must discard it.
@@ -385,7 +386,7 @@ def evaluate(
         images = images.to(device, non_blocking=True, memory_format=memory_format)
         masks = masks.to(device, non_blocking=True)
         with autocast(device, precision):
-            output = model(images)
+            output = predict_batch(model, images, tta)
         output = output.float()
         loss_sum += loss_fn(output, masks).double() * len(images)
         count += len(images)
@@ -545,7 +546,8 @@ def fit(
 
     status, error, signum = "completed", None, None
     budget = spec.train.time_budget_s
-    eval_kw = dict(head=head, device=device, precision=precision, channels_last=spec.train.channels_last)
+    eval_kw = dict(head=head, device=device, precision=precision, channels_last=spec.train.channels_last,
+                   tta=spec.train.tta)
     with _Interrupts() as interrupts:
         peer_signal: list[int] = []  # DDP: a signal another rank received stops this rank too
 
@@ -777,5 +779,5 @@ def evaluate_checkpoint(
     loader = {"train": data.train, "val": data.val, "test": data.test}[split]
     result = evaluate(model, loader, build_loss(spec.loss, spec.model.head), head=spec.model.head, device=device,
                       precision=precision, channels_last=spec.train.channels_last,
-                      ids=data.datasets[split].ids, desc=split)
+                      ids=data.datasets[split].ids, desc=split, tta=spec.train.tta)
     return spec, result

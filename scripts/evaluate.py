@@ -18,7 +18,7 @@ def main() -> int:
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. data.root=...")
     parser.add_argument("--split", choices=("train", "val", "test"), default="test")
     parser.add_argument("--per-image", metavar="CSV", help="also write per-image Dice/IoU to this CSV")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # overrides may follow options
 
     from core.record import write_per_image
     from core.trainer import evaluate_checkpoint

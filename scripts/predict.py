@@ -16,7 +16,7 @@ def main() -> int:
     parser.add_argument("images", nargs="+", help="image files (JPEG/PNG)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--threshold", type=float, default=0.5, help="foreground probability threshold (0.5)")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # overrides may follow options
 
     import cv2
     from tqdm.auto import tqdm

@@ -31,7 +31,7 @@ def main() -> int:
     parser.add_argument("--print", action="store_true", help="print the resolved spec and exit")
     parser.add_argument("--resume", metavar="RUN_DIR",
                         help="continue an interrupted, failed or killed run from its checkpoints/last.pt")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # overrides may follow options
 
     from core.record import check_writable, new_run_dir, read_json
 

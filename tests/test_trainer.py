@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -121,6 +122,36 @@ def test_evaluate_script_matches_summary(tiny_spec, tmp_path: Path, cli) -> None
     metrics = json.loads(out.out[: out.out.rindex("}") + 1])
     assert metrics["test/dice"] == pytest.approx(result.metrics["test/dice"], abs=1e-5)
     assert len(read_csv(tmp_path / "per.csv")) == len(read_csv(result.run_dir / "test_per_image.csv"))
+
+
+def test_hflip_tta_is_mirror_equivariant_and_used_by_every_evaluation(tiny_spec, tmp_path: Path, cli) -> None:
+    """With tta=hflip, predicting a mirrored image gives the mirrored prediction (without TTA a
+    trained net does not); evaluate.py and the trainer's test pass agree on it."""
+    from core.inference import Predictor
+    from core.models import build_model, predict_batch
+    from core.spec import ModelSpec
+
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(base_channels=4)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        plain, mirrored = predict_batch(model, x), predict_batch(model, x.flip(-1))
+        assert not torch.allclose(mirrored, plain.flip(-1), atol=1e-4)
+        tta = predict_batch(model, x, "hflip")
+        assert torch.allclose(predict_batch(model, x.flip(-1), "hflip"), tta.flip(-1), atol=1e-5)
+
+    result = fit(tiny_spec(**{"train.tta": "hflip"}), tmp_path / "tta")
+    out = cli("evaluate.py", result.run_dir, "--split", "test")
+    assert out.code == 0, out.err
+    with_tta = json.loads(out.out[: out.out.rindex("}") + 1])
+    assert with_tta["test/dice"] == pytest.approx(result.metrics["test/dice"], abs=1e-5)
+    out = cli("evaluate.py", result.run_dir, "--split", "test", "train.tta=none")  # an override after an option
+    assert out.code == 0, out.err
+    assert json.loads(out.out[: out.out.rindex("}") + 1])["test/loss"] != pytest.approx(with_tta["test/loss"], abs=1e-7)
+
+    predictor = Predictor(result.run_dir)
+    image = (np.random.default_rng(0).random((40, 56, 3)) * 255).astype(np.uint8)
+    assert np.allclose(predictor.predict(image[:, ::-1]), predictor.predict(image)[:, ::-1], atol=1e-4)
 
 
 def test_predict_script_writes_masks_and_overlays(tiny_spec, tmp_path: Path, cli, synthetic_root: Path) -> None:
