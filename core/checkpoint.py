@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from core.errors import CheckpointError
-from core.record import atomic_write
+from core.record import TEMP_SUFFIX, atomic_write
 
 
 def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
@@ -114,8 +114,12 @@ class TopK:
             return list(self.entries)
         return sorted([*self.entries, (score, epoch)], key=lambda e: (-e[0], e[1]))[: self.k]
 
-    def offer(self, score: float, epoch: int, payload: dict[str, Any]) -> bool:
-        """Save `payload` if it ranks in the top k; returns whether it became `best.pt`."""
+    def offer(self, score: float, epoch: int, payload: dict[str, Any], same_as: Path | None = None) -> bool:
+        """Save `payload` if it ranks in the top k; returns whether it became `best.pt`.
+
+        `same_as`: a file already holding `payload` (last.pt, just saved): the entry becomes a
+        hard link to it, which later atomic replacements of that file leave untouched.
+        """
         if not self.would_keep(score):
             return False
         ranked = self.after_offer(score, epoch)
@@ -125,18 +129,20 @@ class TopK:
             src = self._path(i)
             if src.exists():
                 os.replace(src, self._path(i + 1))
-        save_checkpoint(payload, self._path(rank))
+        if same_as is None or not _link(same_as, self._path(rank)):
+            save_checkpoint(payload, self._path(rank))
         self.entries = ranked
         return rank == 0
 
-    def restore(self, entries: list[tuple[float, int]]) -> None:
-        """Adopt `entries` (saved in last.pt) and make the files on disk agree with them.
+    def restore(self, entries: list[tuple[float, int]], last: Path | None = None) -> None:
+        """Adopt `entries` (saved in `last`, last.pt) and make the files on disk agree with them.
 
-        A SIGKILL between saving `best*.pt` and `last.pt` can leave the files one epoch ahead
-        of `last.pt`: a newer epoch saved, older ones shifted down a slot. Each file is matched
-        to its entry by the epoch it holds; files of other epochs are deleted, the rest moved
-        back to their rank. An entry whose file is gone was being pushed out of the top k by
-        that newer epoch, which the resumed run repeats, so it is dropped.
+        A SIGKILL between saving last.pt and linking its epoch into the top k leaves that entry
+        without a file: it is linked again from last.pt, which holds exactly that epoch's state.
+        Files may also be part-way through a shift down one slot. Each file is matched to its
+        entry by the epoch it holds; files of other epochs are deleted, the rest moved back to
+        their rank. Any other entry whose file is gone was being pushed out of the top k, so it
+        is dropped.
         """
         by_epoch: dict[int, Path] = {}
         for path in sorted([*self.directory.glob("best*.pt"), *self.directory.glob(".restore-*.pt")]):
@@ -145,6 +151,11 @@ class TopK:
                 path.unlink(missing_ok=True)
             else:
                 by_epoch[epoch] = path
+        last_epoch = _complete_epoch(last) if last is not None else None
+        if last_epoch is not None and last_epoch not in by_epoch and last_epoch in {e for _, e in entries}:
+            relinked = self.directory / f".restore-{last_epoch}.pt"
+            if _link(last, relinked):
+                by_epoch[last_epoch] = relinked
         kept = [(float(s), int(e)) for s, e in entries if int(e) in by_epoch]
         # Move each file to its rank without overwriting one not yet moved: park them first.
         parked = {}
@@ -154,6 +165,28 @@ class TopK:
         for rank, (_, epoch) in enumerate(kept):
             os.replace(parked[epoch], self._path(rank))
         self.entries = kept
+
+
+def _link(source: Path, target: Path) -> bool:
+    """Atomically make `target` a hard link to `source`; False where links are not possible."""
+    tmp = target.with_name(f".{target.name}.link-{os.getpid()}{TEMP_SUFFIX}")  # swept up after a kill
+    try:
+        tmp.unlink(missing_ok=True)
+        os.link(source, tmp)
+        os.replace(tmp, target)
+    except OSError:  # no hard links here (some network or FUSE file systems): the caller saves
+        tmp.unlink(missing_ok=True)
+        return False
+    return True
+
+
+def _complete_epoch(path: Path) -> int | None:
+    """The epoch of an end-of-epoch checkpoint; None for a mid-epoch save or an unreadable file."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return None if state.get("partial") else int(state["epoch"])
+    except Exception:
+        return None
 
 
 def checkpoint_epoch(path: Path) -> int | None:

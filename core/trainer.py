@@ -575,7 +575,7 @@ def fit(
                 if state is not None:  # undo what a SIGKILL may have left ahead of last.pt
                     remove_temporaries(run_dir)  # writes cut short
                     (run_dir / "summary.json").unlink(missing_ok=True)  # rewritten when this session ends
-                    topk.restore(topk.entries)
+                    topk.restore(topk.entries, last=last_path)
                     if rows:
                         write_metrics(run_dir, rows)
                     else:
@@ -632,7 +632,6 @@ def fit(
                     payload = checkpoint(epoch) if is_main else {}
                     if is_main:
                         payload["state"]["topk"] = [list(e) for e in topk.after_offer(val.dice, epoch)]
-                        topk.offer(val.dice, epoch, payload)
                         write_metrics(run_dir, rows)  # before last.pt: a kill in between redoes this epoch
                         _print_epoch(row, spec.train.epochs, improved)
                         if tracker is not None:
@@ -655,6 +654,8 @@ def fit(
                         payload["state"]["stop"] = list(stop) if stop and stop[0] != "interrupted" else None
                         payload["state"]["elapsed_s"] = time.perf_counter() - started
                         save_checkpoint(payload, last_path)
+                    if is_main:  # a new best is a hard link to last.pt: no second write of the same state
+                        topk.offer(val.dice, epoch, payload, same_as=last_path if spec.checkpoint.save_last else None)
             except _Diverged as exc:
                 status, error = "diverged", str(exc)
                 summary.update({"diverged_epoch": exc.epoch, "diverged_step": exc.step})

@@ -608,3 +608,50 @@ def test_topk_files_agree_with_last_checkpoint_after_a_kill(tmp_path: Path, monk
     resumed.offer(0.7, 3, _fake(3))
     assert resumed.entries == clean.entries == [(0.7, 3), (0.6, 2)]
     assert _epochs(crashed.directory) == _epochs(clean.directory) == {"best.pt": 3, "best-2.pt": 2}
+
+
+@pytest.mark.parametrize("kill_at", ["before-shift", "after-shift"])
+def test_a_best_linked_from_last_survives_a_kill_before_the_link(tmp_path: Path, monkeypatch, kill_at: str) -> None:
+    """The trainer saves last.pt, then makes a new best a hard link to it. A SIGKILL before the
+    link leaves last.pt's entries naming an epoch no best file holds: `restore` links it again
+    from last.pt, so the resumed run has exactly the uninterrupted run's files."""
+    import core.checkpoint as checkpoint
+
+    clean, crashed = TopK(tmp_path / "clean", 2), TopK(tmp_path / "crashed", 2)
+    for topk in (clean, crashed):
+        topk.directory.mkdir()
+        for epoch, score in ((1, 0.5), (2, 0.6)):
+            save_checkpoint(_fake(epoch), topk.directory / "last.pt")
+            topk.offer(score, epoch, _fake(epoch), same_as=topk.directory / "last.pt")
+    assert os.path.samefile(clean.directory / "best.pt", clean.directory / "last.pt")
+    entries = crashed.after_offer(0.7, 3)  # what last.pt of epoch 3 holds
+    for topk in (clean, crashed):
+        save_checkpoint(_fake(3), topk.directory / "last.pt")
+    clean.offer(0.7, 3, _fake(3), same_as=clean.directory / "last.pt")
+
+    class Killed(Exception):
+        pass
+
+    def dying_link(source, target):
+        raise Killed
+
+    if kill_at == "after-shift":
+        monkeypatch.setattr(checkpoint, "_link", dying_link)
+        with pytest.raises(Killed):
+            crashed.offer(0.7, 3, _fake(3), same_as=crashed.directory / "last.pt")
+        monkeypatch.undo()
+        assert _epochs(crashed.directory) == {"best-2.pt": 2}
+    resumed = TopK(crashed.directory, 2)
+    resumed.restore(entries, last=crashed.directory / "last.pt")
+    assert resumed.entries == clean.entries == [(0.7, 3), (0.6, 2)]
+    assert _epochs(crashed.directory) == _epochs(clean.directory) == {"best.pt": 3, "best-2.pt": 2}
+    # Saving the next last.pt replaces it atomically: the best file linked to the old one keeps epoch 3.
+    save_checkpoint(_fake(4), crashed.directory / "last.pt")
+    assert _epochs(crashed.directory)["best.pt"] == 3
+
+
+def test_a_mid_epoch_last_is_never_linked_as_a_best(tmp_path: Path) -> None:
+    topk = TopK(tmp_path, 1)
+    save_checkpoint({**_fake(2), "partial": {"epoch": 3}}, tmp_path / "last.pt")
+    topk.restore([(0.6, 2)], last=tmp_path / "last.pt")
+    assert topk.entries == [] and not (tmp_path / "best.pt").exists()
