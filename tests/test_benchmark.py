@@ -47,7 +47,8 @@ def test_quick_writes_every_figure(quick_report: tuple[dict, str]) -> None:
     figures = report["figures"]
     assert figures["trainer_vs_raw"]["raw_img_s"] == pytest.approx(figures["raw_step"]["value"], rel=1e-3)
     assert set(figures["fast_vs_naive"]["per_model"]) == set(benchmark.QUICK.naive_models)
-    assert 0 < figures["trial_overhead"]["value"] <= 1
+    assert 0 < figures["trial_overhead"]["value"] <= 1 and 0 < figures["study_trial_overhead"]["value"] <= 1
+    assert figures["study_trial_overhead"]["breakdown_s"]["test"] == 0 < figures["trial_overhead"]["breakdown_s"]["test"]
     assert figures["memory"]["workers"] == benchmark.QUICK.workers
     machine = report["machine"]
     assert machine["torch_threads"] == 1 and "avx512_bf16" in machine["flags"]
