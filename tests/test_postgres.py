@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from test_sweeps import expected_hashes, read_trials, write_sweep
+from test_sweeps import expected_hashes, hang_once_if_asked, read_trials, write_sweep
 
 POSTGRES_ENV = "SEGSWEEP_TEST_POSTGRES"
 
@@ -65,16 +65,7 @@ def hanging_fit(spec: Any, run_dir: Any, tracker: Any = None, on_epoch_end: Any 
     from core.spec import config_hash
     from core.trainer import fit
 
-    hang = os.environ.get("SWEEP_FAKE_HANG")
-    if hang:
-        try:
-            fd = os.open(hang, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            pass
-        else:
-            os.write(fd, str(os.getpid()).encode())
-            os.close(fd)
-            time.sleep(300)  # SIGKILLed by the test, mid-trial
+    hang_once_if_asked()
     if os.environ.get("SWEEP_FAKE_LOG"):
         with open(os.environ["SWEEP_FAKE_LOG"], "a") as fh:
             fh.write(f"{config_hash(spec)} {os.getpid()}\n")

@@ -33,6 +33,21 @@ COMMITTED = sorted((REPO / "sweeps").glob("*.yaml"))
 # --------------------------------------------------------------------------- helpers
 
 
+def hang_once_if_asked() -> None:
+    """With SWEEP_FAKE_HANG set, the one call (of all processes) that creates that file writes
+    its pid there and hangs until the test SIGKILLs it, mid-trial."""
+    hang = os.environ.get("SWEEP_FAKE_HANG")
+    if not hang:
+        return
+    try:
+        fd = os.open(hang, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    time.sleep(300)
+
+
 def fake_fit(spec: Any, run_dir: Any, tracker: Any = None, on_epoch_end: Any = None) -> Any:
     """A fast stand-in for core.trainer.fit with the same contract (module level: picklable).
 
@@ -47,16 +62,7 @@ def fake_fit(spec: Any, run_dir: Any, tracker: Any = None, on_epoch_end: Any = N
     if os.environ.get("SWEEP_FAKE_LOG"):
         with open(os.environ["SWEEP_FAKE_LOG"], "a") as fh:
             fh.write(f"{config_hash(spec)} {os.getpid()}\n")
-    hang = os.environ.get("SWEEP_FAKE_HANG")
-    if hang:
-        try:
-            fd = os.open(hang, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            pass
-        else:
-            os.write(fd, str(os.getpid()).encode())
-            os.close(fd)
-            time.sleep(300)  # killed by the test
+    hang_once_if_asked()
     if os.environ.get("SWEEP_FAKE_FAIL"):
         raise RuntimeError("injected failure")
     (run_dir / "checkpoints" / "best.pt").write_bytes(b"b" * 64)
