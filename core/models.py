@@ -377,13 +377,38 @@ class UNetDecoder(nn.Module):
         return x  # (B, w/2, H, W)
 
 
+class SmpDecoder(nn.Module):
+    """The decoder of segmentation_models_pytorch's `Unet("resnet34")`: each step up-samples by
+    nearest neighbour (no transposed conv), concatenates the skip (layer3, layer2, layer1, the
+    stem conv, then none) and applies (conv 3x3 - BN - ReLU) x 2, to 4w / 2w / w / w/2 / w/4
+    channels: 256/128/64/32/16 at w = 64, smp's default. Dropout2d on layer4's output."""
+
+    def __init__(self, width: int, batchnorm: bool, dropout: float):
+        super().__init__()
+        self.dropout = _dropout(dropout)
+        outs = [4 * width, 2 * width, width, max(width // 2, 1), max(width // 4, 1)]
+        ins = [512, *outs[:-1]]
+        self.blocks = nn.ModuleList(DoubleConv(c_in + c_skip, c_out, batchnorm)
+                                    for c_in, c_skip, c_out in zip(ins, (256, 128, 64, 64, 0), outs))
+        self.out_channels = outs[-1]
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        x0, x1, x2, x3, x4 = feats
+        x = self.dropout(x4)
+        for block, skip in zip(self.blocks, (x3, x2, x1, x0, None)):
+            x = nn.functional.interpolate(x, scale_factor=2.0, mode="nearest")
+            x = block(x if skip is None else torch.cat([x, skip], dim=1))
+        return x  # (B, w/4, H, W)
+
+
 @MODELS.register("resnet34_unet")
 class ResNet34UNet(nn.Module):
-    """torchvision's ResNet34 as the encoder with a `lab` or `unet` decoder and a 1x1 head.
+    """torchvision's ResNet34 as the encoder with a `lab`, `unet` or `smp` decoder and a 1x1 head.
 
     `base_channels` scales the decoder width only (the encoder is always ResNet34): the `unet`
-    decoder uses 4b/2b/b/b/(b/2) channels and the `lab` decoder b/2, so the default b = 64 gives
-    exactly 256/128/64/64/32 and the course figure's 32. `batchnorm=False` replaces the encoder's
+    decoder uses 4b/2b/b/b/(b/2) channels, `smp` 4b/2b/b/(b/2)/(b/4) and the `lab` decoder b/2,
+    so the default b = 64 gives exactly 256/128/64/64/32, smp's 256/128/64/32/16 and the course
+    figure's 32. `batchnorm=False` replaces the encoder's
     BatchNorm by Identity (folded into the convs first when `encoder_weights="imagenet"`) and
     drops the decoder's. `dropout` acts on the bottleneck (the 1/32 features).
     """
@@ -394,13 +419,15 @@ class ResNet34UNet(nn.Module):
                  dropout: float = 0.0, head: Head = "logits", encoder_weights: str = "none",
                  decoder: str = "unet"):
         super().__init__()
-        if decoder not in ("lab", "unet"):
-            raise SpecError(f"model.decoder: unknown decoder {decoder!r}; valid: lab, unet")
+        if decoder not in ("lab", "unet", "smp"):
+            raise SpecError(f"model.decoder: unknown decoder {decoder!r}; valid: lab, unet, smp")
         self.head_kind = head
         self.pretrained = encoder_weights == "imagenet"
         self.encoder = ResNet34Encoder(in_channels, batchnorm, encoder_weights)
         if decoder == "lab":
             self.decoder = LabDecoder(max(base_channels // 2, 1), batchnorm, dropout)
+        elif decoder == "smp":
+            self.decoder = SmpDecoder(base_channels, batchnorm, dropout)
         else:
             self.decoder = UNetDecoder(base_channels, batchnorm, dropout)
         self.head = nn.Conv2d(self.decoder.out_channels, 1, kernel_size=1)

@@ -81,7 +81,7 @@ class ModelSpec(_Section):
     head: Literal["sigmoid", "logits"] = "logits"
     init: Literal["pytorch", "he_normal", "he_uniform", "xavier", "paper"] = "pytorch"
     encoder_weights: Literal["none", "imagenet"] = "none"  # resnet34_unet only
-    decoder: Literal["lab", "unet"] = "unet"  # resnet34_unet only
+    decoder: Literal["lab", "unet", "smp"] = "unet"  # resnet34_unet only; smp: segmentation_models_pytorch's Unet
 
 
 class LossSpec(_Section):

@@ -13,10 +13,10 @@ from core.errors import CheckpointError, SpecError
 from core.models import MODELS, ResNet34UNet, UNet, build_model, fans, nearest_valid_size
 from core.spec import MODEL_SIZE_DIVISORS, ModelSpec
 
-DECODERS = {"resnet34_unet": ["lab", "unet"]}  # other models only take the default decoder
+DECODERS = {"resnet34_unet": ["lab", "unet", "smp"]}  # other models only take the default decoder
 # A strength-2 covering array over (batchnorm, dropout, head, decoder): every value of every
 # toggle, and every pair of values of two toggles, appears in at least one case.
-COVERING = [(0, 0, 0, 0), (0, 1, 1, 1), (1, 0, 1, 1), (1, 1, 0, 1), (1, 1, 1, 0)]
+COVERING = [(0, 0, 0, 0), (0, 1, 1, 1), (1, 0, 1, 1), (1, 1, 0, 1), (1, 1, 1, 0), (0, 0, 0, 2), (1, 1, 1, 2)]
 
 
 def toggle_cases() -> list[tuple[str, bool, float, str, str]]:
@@ -118,6 +118,22 @@ def test_unet_decoder_channels_and_stem_skip():
     assert ups == [256, 128, 64, 64, 32]
     skips = [b.conv[0][0].in_channels - b.up.out_channels for b in model.decoder.blocks]
     assert skips == [256, 128, 64, 64, 0]  # layer3, layer2, layer1, stem (1/2), none
+
+
+def test_smp_decoder_is_segmentation_models_pytorch_unet_decoder():
+    """decoder=smp at width 64 has exactly the parameters of smp's `Unet("resnet34").decoder`
+    (3,151,552, counted from smp 0.6.0; compared live when smp is installed)."""
+    model = build_model(ModelSpec(name="resnet34_unet", decoder="smp", base_channels=64))
+    count = sum(p.numel() for p in model.decoder.parameters())
+    assert count == 3_151_552
+    shapes = [tuple(m.weight.shape) for m in model.decoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert shapes[0] == (256, 512 + 256, 3, 3) and shapes[-1] == (16, 16, 3, 3)
+    try:
+        import segmentation_models_pytorch as smp
+    except ImportError:
+        return
+    peer = smp.Unet("resnet34", encoder_weights=None, classes=1)
+    assert count == sum(p.numel() for p in peer.decoder.parameters())
 
 
 def test_resnet34_encoder_parameter_count_equals_torchvision():
