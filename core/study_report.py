@@ -49,11 +49,24 @@ def _space_rows(parameters: Mapping[str, Any]) -> list[list[str]]:
 
 
 def _final_groups(runs: Sequence[RunRecord]) -> dict[str, list[RunRecord]]:
-    """Final runs by model (the recipe's one free choice in the final comparison), seeds sorted."""
+    """Final runs by experiment name and model ("pets_mini_best (unet)"), seeds sorted."""
     groups: dict[str, list[RunRecord]] = defaultdict(list)
     for run in runs:
-        groups[str(run.config.get("model.name", "?"))].append(run)
+        groups[f"{run.config.get('name', '?')} ({run.config.get('model.name', '?')})"].append(run)
     return {k: sorted(v, key=lambda r: r.seed) for k, v in sorted(groups.items())}
+
+
+def _choice_rows(done: Sequence[Any], params: Mapping[str, Any]) -> list[list[str]]:
+    """For each categorical parameter and choice: trials, best and median objective."""
+    rows = []
+    for key, p in params.items():
+        if not isinstance(p, Mapping) or "values" not in p:
+            continue
+        for choice in p["values"]:
+            values = [t.value for t in done if t.params.get(key) == choice]
+            rows.append([key, _value(choice), str(len(values)),
+                         _f(max(values)) if values else "—", _f(float(np.median(values))) if values else "—"])
+    return rows
 
 
 def plot_final_curves(groups: Mapping[str, Sequence[RunRecord]], path: Path) -> bool:
@@ -159,11 +172,12 @@ def render(sweep: Mapping[str, Any], study: Any, study_note: str, groups: Mappin
                 ok = mean >= target
                 verdicts.append(f"- **{model}**: mean test/dice {_f(mean)} over {len(tests)} seed(s) "
                                 f"{'≥' if ok else '<'} target {target:.3f}: {'met' if ok else 'not met'}.")
-        lines += _table(["model", "seeds", "test/dice mean ± sd", "95% CI (t, seeds)", "test/dice per seed",
+        lines += _table(["recipe (model)", "seeds", "test/dice mean ± sd", "95% CI (t, seeds)", "test/dice per seed",
                          "val/dice per seed", "epochs", "max wall s", "train.time_budget_s"], rows)
         lines += verdicts + ([""] if verdicts else [])
-        lines += ["Test Dice is the mean per-image Dice at threshold 0.5 of the best-on-val checkpoint; "
-                  "wall s is the whole run (start-up, training, validation, the test pass, records)."]
+        lines += ["Test Dice is the mean per-image Dice at threshold 0.5 of the best-on-val checkpoint. "
+                  "Wall s is summary.json's `wall_s`: from the start of training (data, model, epochs, "
+                  "validation, the test pass) to the records; the process start-up comes on top."]
         if "curves" in figures:
             lines += ["", f"![final curves]({figures['curves']})"]
         lines += [""]
@@ -197,9 +211,17 @@ def render(sweep: Mapping[str, Any], study: Any, study_note: str, groups: Mappin
         rows = [[str(t.number), _f(t.value), str(t.user_attrs.get("epochs", "—")),
                  *(_value(t.params.get(k, "—")) for k in varied)] for t in done[:TOP_TRIALS]]
         lines += _table(["trial", metric, "epochs", *varied], rows)
+    choices = _choice_rows(done, params)
+    if choices:
+        lines += ["### Choices", "", "Every completed trial, by the value of each categorical parameter.", ""]
+        lines += _table(["parameter", "choice", "trials", f"best {metric}", f"median {metric}"], choices)
     importances = _importances(study)
     if importances:
-        lines += ["### Parameter importances", ""]
+        lines += ["### Parameter importances", "",
+                  "How much each parameter's distribution among the best trials differs from the rest "
+                  "(Optuna's evaluator, below). A sampler that settles on one choice early (TPE) leaves "
+                  "that choice in nearly every trial, so it can rank low even when it matters: read it "
+                  "with the choices table.", ""]
         lines += _table(["parameter", "importance"], [[k, f"{v:.3f}"] for k, v in importances])
     for key in ("importances", "history", "parallel"):
         if key in figures:

@@ -43,6 +43,11 @@ def make_study(root: Path, values: list[float]) -> Path:
     return sweep_dir
 
 
+def study_models(sweep_dir: Path) -> list[str]:
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(sweep_dir / "journal.log")))
+    return [t.params["model.name"] for t in optuna.load_study(study_name="search", storage=storage).trials]
+
+
 def test_study_report_ranks_trials_and_summarises_the_final_recipe(tmp_path: Path) -> None:
     values = [0.61, 0.74, 0.69, 0.80, 0.55, 0.77]
     sweep_dir = make_study(tmp_path, values)
@@ -57,13 +62,18 @@ def test_study_report_ranks_trials_and_summarises_the_final_recipe(tmp_path: Pat
     best = report.split("completed trials")[1].split("###")[0]
     ranked = [float(row.split("|")[2]) for row in best.splitlines()[3:] if row.startswith("| ")]
     assert ranked == sorted(values, reverse=True)
-    importance_rows = report.split("### Parameter importances")[1].splitlines()
-    assert importance_rows[4].startswith("| optim.lr |")  # header, rule, then the most important
+    importance_rows = [r for r in report.split("### Parameter importances")[1].splitlines() if r.startswith("| ")]
+    assert importance_rows[1].startswith("| optim.lr |")  # the header, then the most important
     for model, dice in tests.items():
         mean, sd = float(np.mean(dice)), float(np.std(dice, ddof=1))
-        assert f"| {model} | {', '.join(map(str, range(len(dice))))} | {mean:.4f} ± {sd:.4f} |" in report
-    assert "**unet**: mean test/dice 0.8400 over 3 seed(s) ≥ target 0.835: met" in report
-    assert "**resnet34_unet**: mean test/dice 0.8100 over 2 seed(s) < target 0.835: not met" in report
+        label = f"experiment ({model})"
+        assert f"| {label} | {', '.join(map(str, range(len(dice))))} | {mean:.4f} ± {sd:.4f} |" in report
+    assert "**experiment (unet)**: mean test/dice 0.8400 over 3 seed(s) ≥ target 0.835: met" in report
+    assert "**experiment (resnet34_unet)**: mean test/dice 0.8100 over 2 seed(s) < target 0.835: not met" in report
+    choices = report.split("### Choices")[1].split("###")[0]
+    for model in ("unet", "resnet34_unet"):
+        mine = [v for v, t in zip(values, study_models(sweep_dir)) if t == model]
+        assert f"| model.name | {model} | {len(mine)} | {max(mine):.4f} | {float(np.median(mine)):.4f} |" in choices
     assert "`train.time_budget_s=60`, `train.final_test=false`" in report
     for png in ("final_curves.png", "optuna_history.png", "optuna_importances.png"):
         assert (out / png).read_bytes().startswith(PNG_SIGNATURE) and f"({png})" in report
