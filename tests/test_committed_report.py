@@ -28,3 +28,34 @@ def test_committed_report_reproduces_and_figures_render(tmp_path: Path) -> None:
         image = cv2.imread(str(REPORT / name))
         assert image is not None and image.shape[0] > 100 and image.shape[1] > 100, name
         assert f"]({name})" in (REPORT / "report.md").read_text(), f"{name} is not linked from report.md"
+
+
+RECIPE = REPO / "results" / "reports" / "pets_mini_recipe"
+
+
+def test_committed_recipe_report_reproduces_and_matches_the_recipe_files(tmp_path: Path) -> None:
+    """report.md re-renders byte for byte from the committed study journal and final runs, and
+    every final run trained exactly the committed recipe (pets_mini_best*.yaml with its seed)."""
+    import yaml
+
+    from core.spec import load_spec, override_spec, spec_to_dict
+
+    if not (RECIPE / "records").is_dir():
+        pytest.fail(f"{RECIPE / 'records'} is missing: the committed report must keep its records")
+    copy = tmp_path / "pets_mini_recipe"
+    shutil.copytree(RECIPE / "records", copy / "records")
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "report.py"), "--study", str(copy / "records" / "sweep"),
+                           "--final", str(copy / "records" / "final"), "--out", str(copy), "--target", "0.835"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (copy / "report.md").read_text() == (RECIPE / "report.md").read_text()
+    for name in ("final_curves.png", "optuna_importances.png", "optuna_history.png"):
+        assert cv2.imread(str(RECIPE / name)) is not None and f"]({name})" in (RECIPE / "report.md").read_text()
+
+    specs = {"pets_mini_best": "pets_mini_best.yaml", "pets_mini_best_resnet34": "pets_mini_best_resnet34.yaml"}
+    configs = sorted((RECIPE / "records" / "final").rglob("config.yaml"))
+    assert configs
+    for config in configs:
+        recorded = yaml.safe_load(config.read_text())
+        committed = override_spec(load_spec(REPO / "experiments" / specs[recorded["name"]]), {"seed": recorded["seed"]})
+        assert spec_to_dict(committed) == recorded, config
