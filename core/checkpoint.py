@@ -151,7 +151,7 @@ class TopK:
                 path.unlink(missing_ok=True)
             else:
                 by_epoch[epoch] = path
-        last_epoch = _complete_epoch(last) if last is not None else None
+        last_epoch = checkpoint_epoch(last, complete=True) if last is not None else None
         if last_epoch is not None and last_epoch not in by_epoch and last_epoch in {e for _, e in entries}:
             relinked = self.directory / f".restore-{last_epoch}.pt"
             if _link(last, relinked):
@@ -180,19 +180,11 @@ def _link(source: Path, target: Path) -> bool:
     return True
 
 
-def _complete_epoch(path: Path) -> int | None:
-    """The epoch of an end-of-epoch checkpoint; None for a mid-epoch save or an unreadable file."""
+def checkpoint_epoch(path: Path, complete: bool = False) -> int | None:
+    """The epoch stored in a checkpoint (memory-mapped: the tensors are not read), or None;
+    with `complete`, None for a mid-epoch save too."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return None if state.get("partial") else int(state["epoch"])
-    except Exception:
-        return None
-
-
-def checkpoint_epoch(path: Path) -> int | None:
-    """The epoch stored in a checkpoint (memory-mapped: the tensors are not read), or None."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return int(state["epoch"])
+        return None if complete and state.get("partial") else int(state["epoch"])
     except Exception:  # unreadable: treated as absent by the caller
         return None

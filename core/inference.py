@@ -18,9 +18,9 @@ from core.spec import ExperimentSpec, spec_from_dict
 class Predictor:
     """Loads a checkpoint once; `predict(image)` gives foreground probabilities (H, W) in [0, 1].
 
-    Pre-processing repeats training's evaluation path (test-time augmentation included): squash-resize to `data.image_size`
-    (area when shrinking), normalise with the statistics stored in the checkpoint. The
-    probability map is resized back (bilinear) to the input's size.
+    Pre-processing repeats training's evaluation path, test-time augmentation included:
+    squash-resize to `data.image_size` (area when shrinking), normalise with the statistics
+    stored in the checkpoint. The probability map is resized back (bilinear) to the input's size.
     """
 
     def __init__(self, checkpoint: str | Path, device: str = "cpu"):

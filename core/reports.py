@@ -803,24 +803,35 @@ def load_optuna_study(sweep_dir: Path, sweep: Mapping[str, Any]) -> tuple[Any, s
     return optuna.load_study(study_name=name, storage=storage), f"study {name!r} in {where}"
 
 
+def completed_trials(study: Any) -> list[Any]:
+    import optuna
+
+    return [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+
+
+def importance_evaluator() -> tuple[Any, str]:
+    """(Optuna importance evaluator, its description): Optuna's default, fANOVA, needs
+    scikit-learn; PED-ANOVA needs nothing extra."""
+    import optuna
+
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        return optuna.importance.PedAnovaImportanceEvaluator(), "PED-ANOVA (scikit-learn is not installed, so not fANOVA)"
+    return optuna.importance.FanovaImportanceEvaluator(seed=0), "fANOVA (seed 0)"
+
+
 def plot_optuna(study: Any, out: Path) -> tuple[list[str], list[str]]:
     """Parameter importances (fANOVA with seed 0, or PED-ANOVA without scikit-learn) and
     parallel coordinates of the completed trials; returns (files written, notes)."""
     import matplotlib.pyplot as plt
-    import optuna
     from optuna.visualization import matplotlib as ovm
 
     files, notes = [], []
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    complete = completed_trials(study)
     if len(complete) < 2:
         return files, [f"Optuna study has {len(complete)} completed trial(s); need 2 for importances"]
-    try:  # Optuna's default (fANOVA) needs scikit-learn; PED-ANOVA needs nothing extra
-        import sklearn  # noqa: F401
-
-        evaluator, how = optuna.importance.FanovaImportanceEvaluator(seed=0), "fANOVA (seed 0)"
-    except ImportError:
-        evaluator = optuna.importance.PedAnovaImportanceEvaluator()
-        how = "PED-ANOVA (scikit-learn is not installed, so not fANOVA)"
+    evaluator, how = importance_evaluator()
     notes.append(f"Parameter importances by {how}, over {len(complete)} completed trials.")
     plots = (
         ("optuna_importances.png", lambda: ovm.plot_param_importances(study, evaluator=evaluator)),
@@ -969,7 +980,7 @@ def honesty_lines(study: Study, summaries: Sequence[ArmSummary], sweep: Mapping[
     short = [f"{a.id} lacks seed(s) {', '.join(map(str, sorted(set(all_seeds) - set(a.by_seed))))}"
              for a in study.arms if set(a.by_seed) != set(all_seeds)]
     lines.append(
-        f"- **Seeds:** {', '.join(map(str, all_seeds))}" + (f" in every arm" if not short else "; " + "; ".join(short) +
+        f"- **Seeds:** {', '.join(map(str, all_seeds))}" + (" in every arm" if not short else "; " + "; ".join(short) +
         " (comparisons use only seeds present in every arm involved)") + "."
     )
 

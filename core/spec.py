@@ -410,6 +410,9 @@ def _hash(tree: Mapping[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+_MISSING = object()
+
+
 def _identity(spec: ExperimentSpec, drop: tuple[str, ...]) -> str:
     """Hash of the values that differ from the defaults, less the `drop` sections.
 
@@ -420,9 +423,6 @@ def _identity(spec: ExperimentSpec, drop: tuple[str, ...]) -> str:
     values = {key: value for key, value in flatten(spec_to_dict(spec)).items()
               if key.split(".")[0] not in drop and value != defaults.get(key, _MISSING)}
     return _hash(values)
-
-
-_MISSING = object()
 
 
 def config_hash(spec: ExperimentSpec) -> str:

@@ -16,8 +16,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from core.reports import (
-    ReportError, RunRecord, _default_style, _f, _new_figure, _rel, _save, _table, find_run_dirs, load_optuna_study,
-    load_run, plot_optuna, read_sweep_spec,
+    ReportError, RunRecord, _default_style, _f, _new_figure, _rel, _save, _table, completed_trials, find_run_dirs,
+    importance_evaluator, load_optuna_study, load_run, plot_optuna, read_sweep_spec,
 )
 from core.stats import mean_sd, t_interval
 
@@ -103,7 +103,7 @@ def plot_history(study: Any, path: Path) -> bool:
     """Each completed trial's value in trial order, with the best so far."""
     import optuna
 
-    done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    done = completed_trials(study)
     if not done:
         return False
     numbers, values = [t.number for t in done], [t.value for t in done]
@@ -126,17 +126,10 @@ def plot_history(study: Any, path: Path) -> bool:
 def _importances(study: Any) -> list[tuple[str, float]]:
     import optuna
 
-    done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
-    if len(done) < 2:
+    if len(completed_trials(study)) < 2:
         return []
     try:
-        import sklearn  # noqa: F401
-
-        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-    except ImportError:
-        evaluator = optuna.importance.PedAnovaImportanceEvaluator()
-    try:
-        return list(optuna.importance.get_param_importances(study, evaluator=evaluator).items())
+        return list(optuna.importance.get_param_importances(study, evaluator=importance_evaluator()[0]).items())
     except Exception:  # e.g. one distinct value everywhere
         return []
 
@@ -203,7 +196,7 @@ def render(sweep: Mapping[str, Any], study: Any, study_note: str, groups: Mappin
     ]
     lines += _table(["key", "kind", "range or choices"], _space_rows(params))
 
-    done = sorted((t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None),
+    done = sorted((t for t in completed_trials(study) if t.value is not None),
                   key=lambda t: -t.value if study.direction == optuna.study.StudyDirection.MAXIMIZE else t.value)
     varied = [k for k, p in params.items() if isinstance(p, Mapping) and "value" not in p]
     if done:

@@ -41,8 +41,8 @@ from core.errors import DataError
 from core.spec import DataSpec, ExperimentSpec
 
 __all__ = [
-    "Augmentation", "DataBundle", "EpochSampler", "GeometricWarp", "SegmentationDataset", "Sample", "SplitSource", "build_data",
-    "build_sources", "build_augmentation", "load_sample", "sample_seed", "resolve_num_workers",
+    "Augmentation", "DataBundle", "EpochSampler", "GeometricWarp", "SegmentationDataset", "Sample", "SplitSource",
+    "build_data", "build_sources", "build_augmentation", "load_sample", "sample_seed", "resolve_num_workers",
 ]
 
 SPLITS = ("train", "val", "test")

@@ -1,7 +1,7 @@
 """Training-time augmentation, every random draw taken from one per-sample seed.
 
 Geometry (random affine and horizontal flip) is one `cv2.warpAffine` per array: the flip is
-folded into the affine matrix, and a flip alone is a numpy flip. albumentations' `Compose`
+folded into the affine matrix, and a flip alone is `cv2.flip`. albumentations' `Compose`
 spends ~0.2 ms of Python per 128 px sample around a 0.05 ms warp, which made augmentation most
 of the cached loader's cost (BENCHMARKS.md). Elastic deformation and colour jitter, which have
 no such shortcut, stay with albumentations and run after the geometry.
