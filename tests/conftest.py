@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import runpy
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -30,6 +31,16 @@ TINY = {
     "tracking.wandb.mode": "disabled",
     "train.threads": 1,  # tests share 2 cores; more threads per process only thrash
 }
+
+
+def wait_for(ready, what: str, limit_s: float = 600.0, poll_s: float = 0.05) -> None:
+    """Poll until `ready()` is true: tests wait on an observed event (a file, a line), never a
+    guessed delay. `limit_s` is only a guard against a hang, far beyond any machine's speed."""
+    deadline = time.monotonic() + limit_s
+    while not ready():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {limit_s:.0f} s waiting for {what}")
+        time.sleep(poll_s)
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -45,27 +44,39 @@ SPEC_ARGS = [
     "train.early_stopping_patience=3", "checkpoint.keep_best=2",
 ]
 
-# Runs scripts/run.py with faults from SEGSWEEP_TEST_FAULTS: "step:N:SIGNAME" sends the signal
-# to itself right after the N-th optimiser step of this process, "metrics:N:SIGNAME" right after
-# the N-th write of metrics.csv (the end of an epoch, before its last.pt is saved).
+# Runs scripts/run.py with faults from SEGSWEEP_TEST_FAULTS, each "KIND:N:SIGNAME": the signal
+# goes to the process itself at the N-th event of that kind in this process. Kinds: "step" right
+# after an optimiser step; "metrics" right after metrics.csv is renamed into place (the end of an
+# epoch, before its last.pt is saved); "event" at the N-th of all steps and renames together,
+# a rename's event firing before the rename (a kill there leaves a cut-short write's temporary).
+# With SEGSWEEP_TEST_EVENTS set, the process appends each event ("step" or "write NAME") to that
+# file, so a reference run tells how many events are left after any step.
 DRIVER = r"""
 import os, runpy, signal, sys
 sys.path[:0] = [os.getcwd(), os.path.join(os.getcwd(), "scripts")]
 faults = [f.split(":") for f in os.environ.get("SEGSWEEP_TEST_FAULTS", "").split(";") if f]
-import core.trainer as trainer
+log = os.environ.get("SEGSWEEP_TEST_EVENTS")
 from torch.optim.optimizer import register_optimizer_step_post_hook
-counts = {"step": 0, "metrics": 0}
-def fire(kind):
+counts = {"step": 0, "metrics": 0, "write": 0, "event": 0}
+def fire(kind, what=None):
     counts[kind] += 1
+    if what is not None:
+        counts["event"] += 1
+        if log:
+            with open(log, "a") as fh:
+                fh.write(what + "\n")
     for k, n, name in faults:
-        if k == kind and int(n) == counts[kind]:
+        if (k == kind and int(n) == counts[kind]) or (what is not None and k == "event" and int(n) == counts["event"]):
             os.kill(os.getpid(), getattr(signal, name))
-register_optimizer_step_post_hook(lambda *args: fire("step"))
-write_metrics = trainer.write_metrics
-def patched(*args, **kwargs):
-    write_metrics(*args, **kwargs)
-    fire("metrics")
-trainer.write_metrics = patched
+register_optimizer_step_post_hook(lambda *args: fire("step", "step"))
+real_replace = os.replace
+def replace(src, dst, *args, **kwargs):
+    name = os.path.basename(os.fspath(dst))
+    fire("write", "write " + name)
+    real_replace(src, dst, *args, **kwargs)
+    if name == "metrics.csv":
+        fire("metrics")
+os.replace = replace
 sys.argv = ["run.py", *sys.argv[1:]]
 runpy.run_path(os.path.join("scripts", "run.py"), run_name="__main__")
 """
@@ -77,15 +88,16 @@ runpy.run_path(os.path.join("scripts", "run.py"), run_name="__main__")
 class Proc:
     """A running `run.py` (through the driver); stdout/stderr go to files so nothing blocks."""
 
-    def __init__(self, args: list[str], log_dir: Path, faults: str = ""):
+    def __init__(self, args: list[str], log_dir: Path, faults: str = "", events: Path | None = None):
         log_dir.mkdir(parents=True, exist_ok=True)
         n = len(list(log_dir.glob("*.out")))
         self.out_path, self.err_path = log_dir / f"{n}.out", log_dir / f"{n}.err"
         env = {**os.environ, "SEGSWEEP_TEST_FAULTS": faults, "PYTHONUNBUFFERED": "1"}
+        if events is not None:
+            env["SEGSWEEP_TEST_EVENTS"] = str(events)
         with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
             self.popen = subprocess.Popen([sys.executable, "-c", DRIVER, *args], cwd=REPO, env=env,
                                           stdout=out, stderr=err)
-        self.started = time.monotonic()
 
     def wait(self, timeout: float = 300) -> "Proc":
         try:
@@ -107,8 +119,8 @@ def spec_args(data_root: Path) -> list[str]:
     return [str(QUICK), *SPEC_ARGS, f"data.root={data_root}", f"data.cache_dir={data_root.parent / 'cache'}"]
 
 
-def new_run(data_root: Path, results: Path, faults: str = "") -> Proc:
-    return Proc([*spec_args(data_root), "--results", str(results)], results / "logs", faults)
+def new_run(data_root: Path, results: Path, faults: str = "", events: Path | None = None) -> Proc:
+    return Proc([*spec_args(data_root), "--results", str(results)], results / "logs", faults, events)
 
 
 def resume(run_dir: Path, faults: str = "") -> Proc:
@@ -208,36 +220,26 @@ def folder_digest(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def _timeline(proc: Proc) -> dict[str, float]:
-    """Seconds from start until: "run folder:" printed, config.yaml written, summary.json written."""
-    marks: dict[str, float] = {}
-    while proc.popen.poll() is None:
-        now, run_dir = time.monotonic() - proc.started, proc.run_dir()
-        if run_dir is not None:
-            marks.setdefault("folder", now)
-            for name in ("config.yaml", "summary.json"):
-                if (run_dir / name).exists():
-                    marks.setdefault(name, now)
-        time.sleep(0.005)
-    return marks
-
-
 @pytest.fixture(scope="module")
-def reference_run(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, float]]:
+def reference_run(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
     """The uninterrupted run every resumed one must reproduce (its folder is never modified),
-    and its timeline (to aim random kills)."""
-    proc = new_run(synthetic_root, tmp_path_factory.mktemp("reference"))
-    marks = _timeline(proc)
-    assert proc.wait().code == 0, proc.err
+    and its events in order ("step" or "write NAME", as the driver counts them), to aim kills."""
+    folder = tmp_path_factory.mktemp("reference")
+    proc = new_run(synthetic_root, folder, events=folder / "events.log").wait()
+    assert proc.code == 0, proc.err
     run_dir = proc.run_dir()
     assert [int(r["epoch"]) for r in metric_table(run_dir)] == [1, 2, 3, 4, 5]
     lrs = [float(r["lr"]) for r in metric_table(run_dir)]
     assert lrs[0] > lrs[-1], "the plateau schedule should have cut the LR (its state is then tested)"
-    return run_dir, marks
+    events = (folder / "events.log").read_text().splitlines()
+    # From fit's first write on: the data cache may already exist (other tests share it).
+    events = events[events.index("write config.yaml"):]
+    assert events.count("step") == 5 * STEPS_PER_EPOCH and events[-1] == "write summary.json"
+    return run_dir, events
 
 
 @pytest.fixture(scope="module")
-def reference(reference_run: tuple[Path, dict[str, float]]) -> Path:
+def reference(reference_run: tuple[Path, list[str]]) -> Path:
     return reference_run[0]
 
 
@@ -289,74 +291,68 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(
     assert check_run_folder(run_dir) == []
 
 
-def test_sigkills_at_random_moments(reference_run: tuple[Path, dict[str, float]], synthetic_root: Path,
+def events_left(events: list[str], steps_done: int) -> int:
+    """How many of the reference run's events come after its `steps_done`-th optimiser step.
+
+    A session resumed from a checkpoint taken after that step replays at least these (the
+    same epochs, writes and test pass; resuming only adds writes), so a kill aimed at any
+    of them is sure to land, whatever the machine's speed."""
+    if steps_done == 0:
+        return len(events)
+    at = [i for i, e in enumerate(events) if e == "step"][steps_done - 1]
+    return len(events) - at - 1
+
+
+def test_sigkills_at_random_moments(reference_run: tuple[Path, list[str]], synthetic_root: Path,
                                     tmp_path: Path) -> None:
-    """SIGKILL at seeded random moments: after each kill every file in the run folder parses
+    """SIGKILL at seeded random events: after each kill every file in the run folder parses
     (config.yaml, metrics.csv, summary.json when present, every checkpoint with
     weights_only=True) and the only other files are hidden `.*.tmp` leftovers of cut-short
     atomic writes. Resumed after each kill, the run ends equal to the uninterrupted one.
 
-    The first kill of a run may land anywhere (imports, data, first writes); later ones land in
-    fit (loading, training, checkpointing, testing, final writes). summary.json is the last file
-    a run writes, so a killed run has none: resume it.
+    Kills are aimed at events the driver counts (optimiser steps, and every rename of a record
+    into place, just before it happens), drawn among those the session is sure to reach, so
+    exactly four kills land on any machine: the first anywhere in a fresh run from fit's first
+    write (config.yaml) on (training, checkpoints, test, final writes), later ones in what a
+    resumed session has left. summary.json is the last file a run writes, so a killed run has none: resume it.
     """
-    reference, marks = reference_run
+    reference, events = reference_run
     rng = random.Random(20261124)
-    build = marks["config.yaml"] - marks["folder"]  # data, model, checkpoint load
-    active = marks["summary.json"] - marks["config.yaml"]  # training to the end of the record
-
-    kills, rounds = 0, 0
-    while kills < 4 and rounds < 3:
-        rounds += 1
-        results = tmp_path / f"round{rounds}"
-        run_dir, proc = None, None
-        for session in range(12):
-            if run_dir is not None and (run_dir / "summary.json").exists():
-                break
-            fresh = run_dir is None or not (run_dir / "checkpoints" / "last.pt").exists()
-            if fresh:
-                if run_dir is not None:  # killed before its first checkpoint: nothing to resume
-                    assert resume(run_dir).wait().code == 2
-                    shutil.rmtree(run_dir)
-                proc, run_dir = new_run(synthetic_root, results), None
-            else:
-                written = (run_dir / "config.yaml").stat().st_mtime_ns
-                proc = resume(run_dir)
-            if kills >= 4:  # enough: let this session finish the run
-                assert proc.wait().code == 0, proc.err
-                run_dir = run_dir or proc.run_dir()
-                break
-            if kills == 0:
-                delay = rng.uniform(0.0, marks["summary.json"])
-            else:
-                # Once fit starts writing (it rewrites config.yaml), at a random point of what is left.
-                done = len(metric_table(run_dir)) if not fresh and (run_dir / "metrics.csv").exists() else 0
-                left = active * max(0.2, (5 - done) / 5)
-                while proc.popen.poll() is None:
-                    config = (proc.run_dir() or tmp_path / "none") / "config.yaml"
-                    if config.exists() and (fresh or config.stat().st_mtime_ns != written):
-                        break
-                    time.sleep(0.002)
-                delay = time.monotonic() - proc.started + rng.uniform(0.0, left)
-            while proc.popen.poll() is None and time.monotonic() - proc.started < delay:
-                time.sleep(0.002)
+    kills, run_dir, temporaries = 0, None, 0
+    for session in range(8):
+        if run_dir is not None and (run_dir / "summary.json").exists():
+            break
+        last = None if run_dir is None else run_dir / "checkpoints" / "last.pt"
+        if last is None or not last.exists():
+            if run_dir is not None:  # killed before its first checkpoint: nothing to resume
+                assert resume(run_dir).wait().code == 2
+                shutil.rmtree(run_dir)
+            done, start = 0, lambda faults: new_run(synthetic_root, tmp_path / "results", faults)
+        else:
+            state = load_checkpoint(last)
+            partial = state["partial"]["progress"]["batches"] if state["partial"] else 0
+            done = state["epoch"] * STEPS_PER_EPOCH + partial
+            start = lambda faults, run_dir=run_dir: resume(run_dir, faults)
+        if kills == 4:  # enough: let this session finish the run
+            proc = start("").wait()
+            assert proc.code == 0, proc.err
             run_dir = run_dir or proc.run_dir()
-            if proc.popen.poll() is not None:
-                assert proc.wait().code == 0, proc.err  # it finished first
-                break
-            proc.popen.kill()
-            assert proc.wait().code == -signal.SIGKILL
-            kills += 1
-            run_dir = run_dir or proc.run_dir()
-            if run_dir is not None and run_dir.exists():
-                check_run_folder(run_dir)
-                if (run_dir / "summary.json").exists():  # killed after the run ended
-                    assert summary(run_dir)["status"] == "completed"
-            elif run_dir is not None:
-                run_dir = None  # killed before fit created the folder
-        assert run_dir is not None and (run_dir / "summary.json").exists()
-        assert_same_as_reference(run_dir, reference)
-    assert kills >= 4
+            break
+        at = rng.randint(1, events_left(events, done))
+        proc = start(f"event:{at}:SIGKILL").wait()
+        assert proc.code == -signal.SIGKILL, (at, done, proc.code, proc.err)
+        kills += 1
+        run_dir = run_dir or proc.run_dir()
+        if run_dir is not None and run_dir.exists():
+            temporaries += len(check_run_folder(run_dir))
+            if (run_dir / "summary.json").exists():  # killed after the run's record was complete
+                assert summary(run_dir)["status"] == "completed"
+        else:
+            run_dir = None  # killed before fit created the folder
+    assert kills == 4
+    assert run_dir is not None and (run_dir / "summary.json").exists()
+    assert_same_as_reference(run_dir, reference)
+    assert check_run_folder(run_dir) == []
 
 
 def test_second_signal_exits_at_once(reference: Path, synthetic_root: Path, tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from conftest import wait_for
 from test_sweeps import expected_hashes, hang_once_if_asked, read_trials, write_sweep
 
 POSTGRES_ENV = "SEGSWEEP_TEST_POSTGRES"
@@ -117,14 +118,12 @@ def test_two_machines_three_workers_one_killed_run_every_cell_once_like_one_work
             storage=postgres_url, results=tmp_path / "b", fit_fn=hanging_fit))
         machine_a.start()
         machine_b.start()
-        deadline = time.monotonic() + 90
-        while not (hang.exists() and hang.read_text()) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: hang.exists() and hang.read_text(), "a worker to start its trial and hang")
         victim = int(hang.read_text())
         assert victim != os.getpid()
         os.kill(victim, signal.SIGKILL)  # a worker of A, or all of B: either way a trial dies RUNNING
-        machine_a.join(timeout=240)
-        machine_b.join(timeout=60)
+        machine_a.join(timeout=600)
+        machine_b.join(timeout=600)
         assert not machine_a.is_alive() and not machine_b.is_alive()
         assert outcome["a"].exit_code == 0
         assert machine_b.exitcode in (0, -signal.SIGKILL)
