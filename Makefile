@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) scripts/run.py experiments/quickstart.yaml
+	$(VENV)/bin/segsweep run experiments/quickstart.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest -q

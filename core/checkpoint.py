@@ -1,7 +1,8 @@
 """Checkpoints: atomic saves, safe loads (`weights_only=True`), and a top-k keeper by val/dice.
 
 A checkpoint is a dict of tensors and plain types only, so it loads without unpickling code:
-`{"model", "optimizer", "scheduler", "scaler", "epoch", "metrics", "spec", "state"}`.
+`{"model", "optimizer", "scaler", "schedule", "epoch", "metrics", "spec", "rng_torch",
+"normalization", "state", "partial"}` (see `segsweep.train.state.TrainState.checkpoint`).
 """
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from typing import Any
 
 import torch
 
-from core.errors import CheckpointError
-from core.record import TEMP_SUFFIX, atomic_write
+from .errors import CheckpointError
+from .record import TEMP_SUFFIX, atomic_write
 
 
 def save_checkpoint(payload: dict[str, Any], path: Path) -> None:

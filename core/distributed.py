@@ -2,10 +2,10 @@
 environment (gloo on CPU, NCCL on CUDA), its teardown, and the few things every rank must agree
 on (rank 0's run folder and stop decisions, SyncBatchNorm).
 
-    torchrun --nproc_per_node=2 scripts/run.py experiments/quickstart.yaml
+    torchrun --nproc_per_node=2 -m segsweep run experiments/quickstart.yaml
 
-`core.trainer.fit` reads rank and world size from the initialised process group; without one
-(plain `python scripts/run.py`) everything here is a no-op for a single rank.
+`segsweep.train.fit` reads rank and world size from the initialised process group; without one
+(plain `segsweep run`) everything here is a no-op for a single rank.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import Any, Iterator, TypeVar
 import torch
 from torch import nn
 
-from core.errors import SegsweepError, SpecError
+from .errors import SegsweepError, SpecError
 
 T = TypeVar("T")
 
@@ -91,7 +91,7 @@ def setup(device: str = "auto", threads: int | None = None) -> Ranks:
     missing = [name for name in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
     if missing:
         raise SegsweepError(f"WORLD_SIZE={world} but {', '.join(missing)} not set: start several processes "
-                            "with torchrun, e.g. torchrun --nproc_per_node=2 scripts/run.py SPEC")
+                            "with torchrun, e.g. torchrun --nproc_per_node=2 -m segsweep run SPEC")
     rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
     local_world = _env_int("LOCAL_WORLD_SIZE", world)
     torch.set_num_threads(threads or threads_per_process(local_world))

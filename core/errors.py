@@ -27,3 +27,18 @@ class SweepError(SegsweepError):
 
 class TrackingError(SegsweepError):
     """A tracker cannot be used as configured (only raised where failing fast is the contract)."""
+
+
+class SpecFieldError(SpecError, ValueError):
+    """A spec value that is invalid given the rest of the spec, raised with the dotted key it
+    concerns (e.g. by a model's `check_spec`). A `ValueError` too, so pydantic validators that
+    raise it report it as a validation error; the spec loader prefixes the file."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.message = message
+
+
+class UnknownNameError(SpecError, ValueError):
+    """A name that no registry entry has (`Registry.get`); the message lists what exists."""

@@ -7,12 +7,12 @@ import cv2
 import numpy as np
 import torch
 
-from core.checkpoint import load_checkpoint, load_model_state
-from core.data.sources import decode_image
-from core.errors import CheckpointError
-from core.metrics import probabilities
-from core.models import build_model, predict_batch
-from core.spec import ExperimentSpec, spec_from_dict
+from .checkpoint import load_checkpoint, load_model_state
+from .data.sources import decode_image
+from .errors import CheckpointError
+from .metrics import probabilities
+from .models import build_model, predict_batch
+from .spec import ExperimentSpec, spec_from_dict
 
 
 class Predictor:

@@ -1,6 +1,9 @@
 """Segmentation losses: BCE, soft Dice and focal terms (`LOSSES`), and `build_loss(spec.loss, head)`
 for their weighted sum. Each term takes the model's output as logits or as probabilities
 (`head`), skips ignored pixels (mask == 255) and computes in fp32.
+
+Adding a term is one file: a `LossTerm` subclass decorated `@LOSSES.register("name")`; its weight
+is then the spec key `loss.name` (0 by default).
 """
 from __future__ import annotations
 
@@ -11,8 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from core.registry import Registry
-from core.spec import LossSpec
+from .registry import Registry
+from .spec import LossSpec
 
 LOSSES = Registry("loss")
 
@@ -61,12 +64,19 @@ def _bce_map(p: Prepared) -> torch.Tensor:
     return -(p.target * p.log_p + (1.0 - p.target) * p.log_1mp)  # (B, H, W)
 
 
-class _Term(nn.Module):
-    """A loss term: `forward(output, mask)` on its own, `from_prepared` inside a weighted sum."""
+class LossTerm(nn.Module):
+    """A loss term: `forward(output, mask)` on its own, `from_prepared` inside a weighted sum.
+
+    `from_spec(spec.loss, head)` builds it; a term with options of its own reads them there.
+    """
 
     def __init__(self, head: Head):
         super().__init__()
         self.head = head
+
+    @classmethod
+    def from_spec(cls, spec: LossSpec, head: Head) -> "LossTerm":
+        return cls(head)
 
     def from_prepared(self, p: Prepared, output: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -77,7 +87,7 @@ class _Term(nn.Module):
 
 
 @LOSSES.register("bce")
-class BCE(_Term):
+class BCE(LossTerm):
     """Binary cross-entropy averaged over the valid pixels of the batch.
 
     Logits: `binary_cross_entropy_with_logits`; probabilities: -(t log p + (1-t) log(1-p))
@@ -94,7 +104,7 @@ class BCE(_Term):
 
 
 @LOSSES.register("dice")
-class SoftDice(_Term):
+class SoftDice(LossTerm):
     """1 - soft Dice, computed per image and averaged over the batch.
 
     Dice_i = (2 sum(p t) + s) / (sum(p) + sum(t) + s) over image i's valid pixels, s = `smooth`
@@ -116,13 +126,17 @@ class SoftDice(_Term):
 
 
 @LOSSES.register("focal")
-class Focal(_Term):
+class Focal(LossTerm):
     """Focal loss (Lin et al. 2017) without class weighting: (1 - p_t)^gamma * BCE, averaged over
     valid pixels; equals torchvision's `sigmoid_focal_loss(alpha=-1)` for logits."""
 
     def __init__(self, head: Head, gamma: float = 2.0):
         super().__init__(head)
         self.gamma = gamma
+
+    @classmethod
+    def from_spec(cls, spec: LossSpec, head: Head) -> "Focal":
+        return cls(head, gamma=spec.focal_gamma)
 
     def from_prepared(self, p: Prepared, output: torch.Tensor) -> torch.Tensor:
         bce = _bce_map(p)
@@ -133,7 +147,7 @@ class Focal(_Term):
 class SegmentationLoss(nn.Module):
     """sum_k weight_k * term_k(output, mask); terms with weight 0 are not computed."""
 
-    def __init__(self, terms: dict[str, _Term], weights: dict[str, float], head: Head):
+    def __init__(self, terms: dict[str, LossTerm], weights: dict[str, float], head: Head):
         super().__init__()
         self.terms = nn.ModuleDict(terms)
         self.weights = dict(weights)
@@ -150,9 +164,14 @@ class SegmentationLoss(nn.Module):
         return sum(self.weights[name] * value for name, value in parts.items())
 
 
+def term_weights(spec: LossSpec) -> dict[str, float]:
+    """Each registered term's weight `loss.<name>` (0 when the spec leaves it out), in name order."""
+    return {name: float(getattr(spec, name, 0.0)) for name in LOSSES.names()}
+
+
 def build_loss(spec: LossSpec, head: Head) -> SegmentationLoss:
-    """`bce * BCE + dice * SoftDice + focal * Focal` for a model whose output is `head`."""
-    params = {"bce": {}, "dice": {}, "focal": {"gamma": spec.focal_gamma}}
-    weights = {name: float(getattr(spec, name)) for name in params if getattr(spec, name) > 0}
-    terms = {name: LOSSES.build(name, head=head, **params[name]) for name in weights}
+    """`bce * BCE + dice * SoftDice + focal * Focal` (+ any registered term with a positive weight)
+    for a model whose output is `head`."""
+    weights = {name: weight for name, weight in term_weights(spec).items() if weight > 0}
+    terms = {name: LOSSES.get(name).from_spec(spec, head) for name in weights}
     return SegmentationLoss(terms, weights, head)

@@ -23,13 +23,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from core.errors import SegsweepError
-
-METRIC_COLUMNS = (
-    "epoch", "train/loss", "val/loss", "val/dice", "val/dice_global", "val/iou", "lr", "epoch_s", "img_per_s",
-)
-STATUSES = ("completed", "failed", "diverged", "interrupted", "pruned")  # summary.json is written when a run ends
-
+from .errors import SegsweepError
+from .schema import METRIC_COLUMNS, STATUSES  # noqa: F401  (re-exported: the record's schema)
 
 TEMP_SUFFIX = ".tmp"
 
@@ -255,13 +250,13 @@ def _save_png(fig: Any, path: Path) -> None:
 
 def plot_curves(run_dir: Path, rows: Sequence[Mapping[str, float]], title: str) -> None:
     """curves.png: train/val loss and val Dice (per-image and dataset-level) per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     epochs = [r["epoch"] for r in rows]
-    fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig = Figure(figsize=(10, 3.8))
+    FigureCanvasAgg(fig)  # Agg without pyplot: a notebook keeps its backend
+    ax_loss, ax_dice = fig.subplots(1, 2)
     ax_loss.plot(epochs, [r["train/loss"] for r in rows], "o-", label="train/loss")
     ax_loss.plot(epochs, [r["val/loss"] for r in rows], "o-", label="val/loss")
     ax_loss.set_xlabel("epoch")
@@ -279,7 +274,6 @@ def plot_curves(run_dir: Path, rows: Sequence[Mapping[str, float]], title: str) 
     fig.suptitle(title)
     fig.tight_layout()
     _save_png(fig, run_dir / "curves.png")
-    plt.close(fig)
 
 
 def prediction_grid(images: Sequence[np.ndarray], truths: Sequence[np.ndarray], preds: Sequence[np.ndarray]) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Experiment specs: typed, frozen, strictly validated YAML with `extends:` and dotted overrides.
 
-`load_spec(path, overrides)` is the one way a spec is read: by `scripts/run.py`, the sweep
+`load_spec(path, overrides)` is the one way a spec is read: by `segsweep run`, the sweep
 drivers (Optuna and W&B) and the tests. Every problem raises `SpecError` naming the file, the
 dotted key, what was expected and what would be valid.
 """
@@ -9,17 +9,39 @@ from __future__ import annotations
 import copy
 import difflib
 import hashlib
+import importlib
 import json
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence, Union
+from typing import Annotated, Any, Literal, Mapping, Sequence, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from core.errors import SpecError
+from .errors import SpecError, SpecFieldError, UnknownNameError
 
-# Each network's input must be divisible by its total down-sampling factor.
-MODEL_SIZE_DIVISORS = {"unet": 16, "resnet34_unet": 32}
+
+def registry(where: str) -> Any:
+    """The registry at `where` ('.models.MODELS'), imported on first use: `import segsweep.spec`
+    stays free of torch, while validating a spec sees every registered name."""
+    module, _, name = where.rpartition(".")
+    return getattr(importlib.import_module(module, __package__), name)
+
+
+def registered(where: str) -> AfterValidator:
+    """A `str` field whose value must be a name in the registry at `where`."""
+    def check(name: str) -> str:
+        registry(where).get(name)  # UnknownNameError lists what exists
+        return name
+
+    return AfterValidator(check)
+
+
+DatasetName = Annotated[str, registered(".data.DATASETS")]
+ModelName = Annotated[str, registered(".models.MODELS")]
+DecoderName = Annotated[str, registered(".models.DECODERS")]
+OptimizerName = Annotated[str, registered(".optim.OPTIMIZERS")]
+SchedulerName = Annotated[str, registered(".optim.SCHEDULERS")]
+_LOSS_TERMS = ".losses.LOSSES"
 
 
 class _Section(BaseModel):
@@ -57,7 +79,7 @@ class FolderSpec(_Section):
 
 
 class DataSpec(_Section):
-    name: Literal["oxford_pet", "synthetic", "folder"] = "oxford_pet"
+    name: DatasetName = "oxford_pet"
     root: str = "data/oxford-iiit-pet"
     download: bool = False
     image_size: int = Field(256, ge=16, le=4096)
@@ -74,37 +96,63 @@ class DataSpec(_Section):
 
 
 class ModelSpec(_Section):
-    name: Literal["unet", "resnet34_unet"] = "unet"
+    name: ModelName = "unet"
     base_channels: int = Field(64, ge=2, le=512)  # UNet width; 64 as in the paper
     batchnorm: bool = True
     dropout: float = Field(0.0, ge=0, lt=1)  # in the bottleneck
     head: Literal["sigmoid", "logits"] = "logits"
     init: Literal["pytorch", "he_normal", "he_uniform", "xavier", "paper"] = "pytorch"
     encoder_weights: Literal["none", "imagenet"] = "none"  # resnet34_unet only
-    decoder: Literal["lab", "unet", "smp"] = "unet"  # resnet34_unet only; smp: segmentation_models_pytorch's Unet
+    decoder: DecoderName = "unet"  # resnet34_unet only; smp: segmentation_models_pytorch's Unet
 
 
 class LossSpec(_Section):
-    """Weighted sum of terms; the head decides the with-logits or probability form."""
+    """Weighted sum of terms; the head decides the with-logits or probability form.
+
+    The weight of a term registered in `LOSSES` without a field here is the key of its name
+    (`loss.<name>`, 0 when left out); any other key is unknown.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
 
     bce: float = Field(1.0, ge=0)
     dice: float = Field(1.0, ge=0)
     focal: float = Field(0.0, ge=0)
     focal_gamma: float = Field(2.0, ge=0)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _registered_terms(cls, data: Any) -> Any:
+        extra = [key for key in data if key not in cls.model_fields] if isinstance(data, Mapping) else []
+        if not extra:
+            return data
+        terms = registry(_LOSS_TERMS)
+        for key in extra:
+            value = data[key]
+            if key not in terms:
+                valid = [*cls.model_fields, *(n for n in terms.names() if n not in cls.model_fields)]
+                close = difflib.get_close_matches(str(key), valid, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise SpecFieldError(f"loss.{key}", f"unknown key; {hint}valid keys: {', '.join(valid)}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise SpecFieldError(f"loss.{key}", f"the weight of loss term {key!r} must be a number >= 0 "
+                                     f"(got {value!r})")
+        return {**data, **{key: float(data[key]) for key in extra}}
+
     @model_validator(mode="after")
     def _some_term(self) -> "LossSpec":
-        if self.bce + self.dice + self.focal <= 0:
-            raise ValueError("at least one of bce, dice, focal must have a positive weight")
+        if self.bce + self.dice + self.focal + sum((self.model_extra or {}).values()) <= 0:
+            names = ", ".join(registry(_LOSS_TERMS).names())
+            raise ValueError(f"at least one of {names} must have a positive weight")
         return self
 
 
 class OptimSpec(_Section):
-    name: Literal["adam", "adamw", "sgd"] = "adam"
+    name: OptimizerName = "adam"
     lr: float = Field(1e-4, gt=0, le=10)
     weight_decay: float = Field(0.0, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)  # sgd only
-    scheduler: Literal["none", "cosine", "step", "plateau", "onecycle"] = "none"
+    scheduler: SchedulerName = "none"
     step_size: int = Field(5, ge=1)  # epochs, for `step`
     gamma: float = Field(0.1, gt=0, le=1)  # decay factor for `step` and `plateau`
     plateau_patience: int = Field(2, ge=0)
@@ -166,32 +214,10 @@ class ExperimentSpec(_Section):
     tracking: TrackingSpec = TrackingSpec()
 
     @model_validator(mode="after")
-    def _size_fits_model(self) -> "ExperimentSpec":
-        if self.model.name != "resnet34_unet":
-            for key, value, default in (("decoder", self.model.decoder, "unet"),
-                                        ("encoder_weights", self.model.encoder_weights, "none")):
-                if value != default:
-                    raise _CrossFieldError(f"model.{key}", f"{key}={value!r} applies to resnet34_unet only; "
-                                           f"{self.model.name} takes {key}={default!r}")
-        divisor = MODEL_SIZE_DIVISORS[self.model.name]
-        size = self.data.image_size
-        if size % divisor:
-            lower = max(divisor, size // divisor * divisor)
-            nearest = lower if size - lower <= lower + divisor - size else lower + divisor
-            raise _CrossFieldError(
-                "data.image_size",
-                f"{self.model.name} needs an input size divisible by {divisor}; "
-                f"got {size}, nearest valid size is {nearest}",
-            )
+    def _model_accepts_spec(self) -> "ExperimentSpec":
+        # The model owns its rules: its own options and its input-size divisor.
+        registry(".models.MODELS").get(self.model.name).check_spec(self.model, self.data.image_size)
         return self
-
-
-class _CrossFieldError(ValueError):
-    """A cross-field rule, raised with the dotted key it concerns."""
-
-    def __init__(self, key: str, message: str):
-        super().__init__(message)
-        self.key = key
 
 
 # --------------------------------------------------------------------------- YAML and trees
@@ -340,6 +366,8 @@ def _describe(error: Mapping[str, Any], root: type[BaseModel]) -> tuple[str, str
         close = difflib.get_close_matches(loc[-1], valid, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         return key, f"unknown key; {hint}valid keys: {', '.join(valid)}"
+    if isinstance(error.get("ctx", {}).get("error"), UnknownNameError):
+        return key, str(error["ctx"]["error"])  # already names the value and what exists
     message = error["msg"].removeprefix("Value error, ")
     if "input" in error and error["type"] not in {"missing"}:
         message = f"{message} (got {error['input']!r})"
@@ -369,8 +397,8 @@ def validate_tree(
     except ValidationError as exc:
         error = exc.errors()[0]
         cross = error.get("ctx", {}).get("error")
-        if isinstance(cross, _CrossFieldError):
-            key, message = cross.key, str(cross)
+        if isinstance(cross, SpecFieldError):
+            key, message = cross.key, cross.message
         else:
             key, message = _describe(error, ExperimentSpec)
         where = _origin(key, origins or {}, overrides or {}, Path(str(source)))
@@ -436,8 +464,12 @@ def arm_hash(spec: ExperimentSpec) -> str:
 
 
 def spec_keys() -> dict[str, Any]:
-    """Every valid dotted key with its default: what sweep parameters may name."""
-    return flatten(spec_to_dict(ExperimentSpec()))
+    """Every valid dotted key with its default: what sweep parameters may name (with the weight
+    `loss.<name>` of every registered loss term)."""
+    keys = flatten(spec_to_dict(ExperimentSpec()))
+    for name in registry(_LOSS_TERMS).names():
+        keys.setdefault(f"loss.{name}", 0.0)
+    return keys
 
 
 def spec_from_dict(tree: Union[Mapping[str, Any], None], source: str = "<checkpoint>") -> ExperimentSpec:

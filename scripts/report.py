@@ -7,44 +7,9 @@ A search study (TPE/random) and the recipe it chose, trained and tested once per
 
     python scripts/report.py --study results/sweeps/pets_mini_recipe --final RUN_DIR ... [--target 0.835]
 """
-from __future__ import annotations
-
-import argparse
 import sys
 
-from core.errors import SegsweepError
-from core.reports import ReportOptions, write_report
-from core.study_report import write_study_report
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("paths", nargs="+", help="sweep folder and/or run folders (searched for summary.json)")
-    parser.add_argument("--out", help="folder for report.md and figures (default: the first path)")
-    parser.add_argument("--baseline", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                        help="baseline level of a factor (default: the level in the most arms)")
-    parser.add_argument("--margin", type=float, default=0.005, help="equivalence margin in Dice (default 0.005)")
-    parser.add_argument("--study", action="store_true",
-                        help="the path is a search sweep: report the study (importances, best trials) instead")
-    parser.add_argument("--final", nargs="+", action="extend", default=[], metavar="RUN_DIR",
-                        help="with --study: the chosen recipe's run folders (one per seed and model), tested")
-    parser.add_argument("--target", type=float, help="with --study: test Dice the final recipe should reach")
-    args = parser.parse_args(argv)
-    try:
-        if args.study:
-            if len(args.paths) != 1:
-                raise SegsweepError(f"--study takes one sweep folder, got {len(args.paths)} paths")
-            report = write_study_report(args.paths[0], args.final, args.out, args.target)
-        elif args.final or args.target is not None:
-            raise SegsweepError("--final and --target go with --study")
-        else:
-            report = write_report(args.paths, args.out, args.baseline, ReportOptions(margin=args.margin))
-    except SegsweepError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(report)
-    return 0
-
+from segsweep.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main(["report", *sys.argv[1:]])

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import runpy
 import sys
 import time
 from pathlib import Path
@@ -16,8 +15,6 @@ PETS_MINI = REPO.parent / "shared" / "data" / "oxford-iiit-pet-mini"
 
 os.environ.setdefault("WANDB_MODE", "disabled")  # no test may need W&B's server
 os.environ.setdefault("WANDB_SILENT", "true")
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
 
 # Tiny and fast: width 8, 32 px, 2 epochs, a small synthetic set.
 TINY = {
@@ -55,7 +52,7 @@ def tiny_overrides(synthetic_root: Path, tmp_path: Path) -> dict:
 
 @pytest.fixture
 def tiny_spec(tiny_overrides: dict):
-    from core.spec import load_spec
+    from segsweep.spec import load_spec
 
     def make(**overrides):
         return load_spec(REPO / "experiments" / "quickstart.yaml", {**tiny_overrides, **overrides})
@@ -102,14 +99,15 @@ class CliResult:
 
 
 @pytest.fixture
-def cli(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch):
-    """Run `scripts/<name>` in-process: cli('run.py', args...) -> CliResult(code, out, err)."""
+def cli(capsys: pytest.CaptureFixture):
+    """Run a `segsweep` subcommand in-process, as its script names it: cli('run.py', args...)
+    is `segsweep run args...` -> CliResult(code, out, err)."""
+    from segsweep.cli import main
 
     def run(script: str, *args: str) -> CliResult:
-        monkeypatch.setattr(sys, "argv", [script, *map(str, args)])
         capsys.readouterr()
         try:
-            runpy.run_path(str(REPO / "scripts" / script), run_name="__main__")
+            main([script.removesuffix(".py"), *map(str, args)])
             code = 0
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)

@@ -26,7 +26,7 @@ SPEC_CASES = [
     ("override-unknown-key", None, ["optim.lrr=0.1"], ["override optim.lrr", "did you mean 'lr'"]),
     ("override-bad-value", None, ["model.dropout=1.5"], ["override model.dropout", "less than 1"]),
     ("override-section-as-value", None, ["optim=3"], ["optim", "dictionary"]),
-    ("unknown-flag", None, ["--epochs", "3"], ["run.py", "unrecognized arguments"]),
+    ("unknown-flag", None, ["--epochs", "3"], ["segsweep run", "unrecognized arguments"]),
 ]
 
 
@@ -172,8 +172,8 @@ def trained_run(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) 
     """A finished 1-epoch tiny run (shared: every case checks it is left byte-for-byte unchanged)."""
     from conftest import TINY
 
-    from core.spec import load_spec
-    from core.trainer import fit
+    from segsweep.spec import load_spec
+    from segsweep.train.loop import fit
 
     spec = load_spec(QUICK, {**TINY, "train.epochs": 1, "data.root": str(synthetic_root),
                              "data.cache_dir": str(synthetic_root.parent / "cache")})
@@ -202,7 +202,7 @@ def _save(tmp: Path, name: str, payload) -> Path:
 
 def _with_spec(run: Path, tmp: Path, **changes) -> Path:
     """best.pt with its stored spec changed (the weights stay those of the trained UNet)."""
-    from core.spec import apply_overrides
+    from segsweep.spec import apply_overrides
 
     state = _best(run)
     state["spec"] = apply_overrides(state["spec"], changes)
@@ -330,8 +330,8 @@ def test_pickle_payload_is_live_but_never_runs(trained_run: Path, tmp_path: Path
     refuses it before it can."""
     import torch
 
-    from core.checkpoint import load_checkpoint
-    from core.errors import CheckpointError
+    from segsweep.checkpoint import load_checkpoint
+    from segsweep.errors import CheckpointError
 
     control = _pickled(trained_run, tmp_path)
     torch.load(control, weights_only=False)

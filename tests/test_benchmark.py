@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
+from segsweep.bench import FIGURES, TARGETS
+from segsweep.bench.contenders import QUICK
+from segsweep.bench.measure import interleaved, paired_ratio, target_text, verdict
 
-import benchmark  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 NUMBER = (int, float)
 
@@ -35,21 +36,21 @@ def quick_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
 def test_quick_writes_every_figure(quick_report: tuple[dict, str]) -> None:
     report, _ = quick_report
     assert report["quick"] is True and report["schema"] == 1
-    assert set(report["figures"]) == set(benchmark.FIGURES)
+    assert set(report["figures"]) == set(FIGURES)
     for name, fig in report["figures"].items():
         if fig.get("skipped"):
             assert name == "peer_ratio" and "bench extra" in fig["note"], name  # only the optional peer
             continue
         assert isinstance(fig["value"], NUMBER) and math.isfinite(fig["value"]) and fig["value"] > 0, name
         assert isinstance(fig["peak_rss_mb"], NUMBER) and fig["peak_rss_mb"] > 0, name
-        if name in benchmark.TARGETS:
-            assert fig["target"] == benchmark.target_text(name) and fig["met"] in (True, False), name
+        if name in TARGETS:
+            assert fig["target"] == target_text(name) and fig["met"] in (True, False), name
     figures = report["figures"]
     assert figures["trainer_vs_raw"]["raw_img_s"] == pytest.approx(figures["raw_step"]["value"], rel=1e-3)
-    assert set(figures["fast_vs_naive"]["per_model"]) == set(benchmark.QUICK.naive_models)
+    assert set(figures["fast_vs_naive"]["per_model"]) == set(QUICK.naive_models)
     assert 0 < figures["trial_overhead"]["value"] <= 1 and 0 < figures["study_trial_overhead"]["value"] <= 1
     assert figures["study_trial_overhead"]["breakdown_s"]["test"] == 0 < figures["trial_overhead"]["breakdown_s"]["test"]
-    assert figures["memory"]["workers"] == benchmark.QUICK.workers
+    assert figures["memory"]["workers"] == QUICK.workers
     machine = report["machine"]
     assert machine["torch_threads"] == 1 and "avx512_bf16" in machine["flags"]
 
@@ -57,14 +58,14 @@ def test_quick_writes_every_figure(quick_report: tuple[dict, str]) -> None:
 def test_quick_prints_the_table(quick_report: tuple[dict, str]) -> None:
     report, stdout = quick_report
     rows = [line for line in stdout.splitlines() if line.startswith("| ")]
-    assert [row.split("|")[1].strip() for row in rows] == ["figure", *benchmark.FIGURES]
+    assert [row.split("|")[1].strip() for row in rows] == ["figure", *FIGURES]
     assert len(rows) == len(report["figures"]) + 1
     assert "python scripts/benchmark.py --quick --threads 1" in stdout
 
 
 def test_interleaving_alternates_the_order() -> None:
     calls: list[str] = []
-    results = benchmark.interleaved({"a": lambda: calls.append("a") or 1.0,
+    results = interleaved({"a": lambda: calls.append("a") or 1.0,
                                      "b": lambda: calls.append("b") or 2.0}, reps=3)
     assert calls == ["a", "b", "b", "a", "a", "b"]
     assert results == {"a": [1.0, 1.0, 1.0], "b": [2.0, 2.0, 2.0]}
@@ -72,11 +73,11 @@ def test_interleaving_alternates_the_order() -> None:
 
 def test_paired_ratio_is_the_median_of_per_repetition_ratios() -> None:
     # Load that comes and goes hits both sides of a pair: the paired median ignores it.
-    assert benchmark.paired_ratio([10, 2, 9], [5, 1, 3]) == 2.0
-    assert benchmark.verdict("trainer_vs_raw", 0.96) is True
-    assert benchmark.verdict("peer_ratio", 1.01) is False
-    assert benchmark.verdict("trial_overhead", 0.05) is False
-    assert benchmark.verdict("mfu", None) is None
+    assert paired_ratio([10, 2, 9], [5, 1, 3]) == 2.0
+    assert verdict("trainer_vs_raw", 0.96) is True
+    assert verdict("peer_ratio", 1.01) is False
+    assert verdict("trial_overhead", 0.05) is False
+    assert verdict("mfu", None) is None
 
 
 def test_training_flops_match_a_hand_count() -> None:

@@ -38,7 +38,7 @@ def test_committed_recipe_report_reproduces_and_matches_the_recipe_files(tmp_pat
     every final run trained exactly the committed recipe (pets_mini_best*.yaml with its seed)."""
     import yaml
 
-    from core.spec import load_spec, override_spec, spec_to_dict
+    from segsweep.spec import load_spec, override_spec, spec_to_dict
 
     if not (RECIPE / "records").is_dir():
         pytest.fail(f"{RECIPE / 'records'} is missing: the committed report must keep its records")

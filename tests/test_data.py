@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from core.data import EpochSampler, build_data, build_sources, load_sample, sample_seed
-from core.data.cache import dataset_stats, ensure_cache, resolve_cache_dir
-from core.data.synthetic import ensure_synthetic
-from core.errors import DataError
-from core.spec import AugmentSpec, ExperimentSpec, SyntheticSpec, override_spec
+from segsweep.data import EpochSampler, build_data, build_sources, load_sample, sample_seed
+from segsweep.data.cache import dataset_stats, ensure_cache, resolve_cache_dir
+from segsweep.data.synthetic import ensure_synthetic
+from segsweep.errors import DataError
+from segsweep.spec import AugmentSpec, ExperimentSpec, SyntheticSpec, override_spec
 
 REAL_SUBSET = Path(__file__).resolve().parents[2] / "shared/data/oxford-iiit-pet-mini"
 
@@ -305,7 +305,7 @@ def _pair(seed: int = 0, size: int = 48):
 
 def test_single_warp_equals_the_affine_then_the_flip():
     """The flip folded into the affine matrix resamples like warping then flipping."""
-    from core.data import GeometricWarp
+    from segsweep.data import GeometricWarp
 
     image, mask = _pair()
     warp = GeometricWarp(AugmentSpec(affine_p=1.0, hflip_p=1.0, scale=0.2, translate=0.1, rotate=30))
@@ -321,7 +321,7 @@ def test_single_warp_equals_the_affine_then_the_flip():
 
 
 def test_geometry_off_or_flip_only_is_exact():
-    from core.data import GeometricWarp
+    from segsweep.data import GeometricWarp
 
     image, mask = _pair()
     still = GeometricWarp(AugmentSpec(affine_p=0.0, hflip_p=0.0))
@@ -336,7 +336,7 @@ def test_geometry_off_or_flip_only_is_exact():
 
 def test_affine_draws_cover_the_configured_ranges():
     """Scale, shift and rotation are uniform over the spec's ranges, and p is respected."""
-    from core.data import GeometricWarp
+    from segsweep.data import GeometricWarp
 
     warp = GeometricWarp(AugmentSpec(affine_p=0.5, hflip_p=0.25, scale=0.2, translate=0.1, rotate=20))
     rng, scales, angles, shifts, flips, applied = np.random.default_rng(0), [], [], [], 0, 0

@@ -16,12 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as a torchrun worker script, not by pytest
-    sys.path.insert(0, str(REPO))
+import pytest
+import torch
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 QUICKSTART = REPO / "experiments" / "quickstart.yaml"
 # Odd validation split (9 images: trainval lines 0, 5, ..., 40) in batches of one: the ranks get
@@ -42,7 +40,7 @@ def torchrun(*args: Any, timeout: float = 180, env: dict | None = None, wait: bo
     """`torchrun --nproc_per_node=2 ARGS` on a free port (subprocess.CompletedProcess, or a Popen)."""
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
                f"--master_port={free_port()}", *map(str, args)]
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **(env or {})}
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     if not wait:
         return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 env=full_env, cwd=REPO)
@@ -60,7 +58,7 @@ def odd_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def odd_spec(tiny_overrides: dict, odd_root: Path) -> Any:
-    from core.spec import load_spec
+    from segsweep.spec import load_spec
 
     return load_spec(QUICKSTART, {**tiny_overrides, **ODD_VAL, "data.root": str(odd_root),
                                   "data.cache_dir": str(odd_root.parent / "cache"), "train.device": "cpu",
@@ -72,7 +70,7 @@ def odd_spec(tiny_overrides: dict, odd_root: Path) -> Any:
 
 def test_eval_shards_cover_every_validation_image_exactly_once(odd_spec: Any) -> None:
     """Contiguous, unpadded shards for val/test (DistributedSampler pads with duplicates); train padded."""
-    from core.data import build_data
+    from segsweep.data import build_data
 
     n = len(build_data(odd_spec).datasets["val"])
     assert n % 2 == 1 and n == 9
@@ -89,7 +87,7 @@ def test_eval_shards_cover_every_validation_image_exactly_once(odd_spec: Any) ->
         assert seen == list(range(n))  # rank 0's slice, then rank 1's: the single-process order
         assert len(set(lengths)) == 1  # every rank runs the same number of training steps
     # The test split as well, with the smallest odd case: 3 images on 2 ranks.
-    from core.data.pipeline import EpochSampler
+    from segsweep.data.pipeline import EpochSampler
 
     shards = [EpochSampler(3, 0, shuffle=False, rank=r, world_size=2, pad=False).indices() for r in range(2)]
     assert shards == [[0], [1, 2]]
@@ -98,7 +96,7 @@ def test_eval_shards_cover_every_validation_image_exactly_once(odd_spec: Any) ->
 def test_setup_without_torchrun_is_a_single_rank(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch.distributed as dist
 
-    from core.distributed import main_value, setup, threads_per_process
+    from segsweep.distributed import main_value, setup, threads_per_process
 
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
@@ -109,10 +107,10 @@ def test_setup_without_torchrun_is_a_single_rank(monkeypatch: pytest.MonkeyPatch
 
 
 def test_sync_batchnorm_converts_only_for_several_ranks_and_refuses_cpu() -> None:
-    from core.distributed import convert_sync_batchnorm
-    from core.errors import SpecError
-    from core.models import build_model
-    from core.spec import ModelSpec
+    from segsweep.distributed import convert_sync_batchnorm
+    from segsweep.errors import SpecError
+    from segsweep.models import build_model
+    from segsweep.spec import ModelSpec
 
     model = build_model(ModelSpec(base_channels=8, batchnorm=True))
     keys = list(model.state_dict())
@@ -129,12 +127,13 @@ def test_sync_batchnorm_converts_only_for_several_ranks_and_refuses_cpu() -> Non
 
 
 def test_two_ranks_evaluate_a_checkpoint_exactly_like_one(odd_spec: Any, tmp_path: Path) -> None:
-    """core.trainer.evaluate on 2 gloo ranks (each its shard, reduced) == on one process."""
-    from core.data import build_data
-    from core.losses import build_loss
-    from core.models import build_model
-    from core.spec import spec_to_dict
-    from core.trainer import evaluate, seed_everything
+    """segsweep.train.evaluate on 2 gloo ranks (each its shard, reduced) == on one process."""
+    from segsweep.data import build_data
+    from segsweep.losses import build_loss
+    from segsweep.models import build_model
+    from segsweep.spec import spec_to_dict
+    from segsweep.train.loop import evaluate
+    from segsweep.train.seeding import seed_everything
 
     seed_everything(3)
     model, data = build_model(odd_spec.model).eval(), build_data(odd_spec)
@@ -188,7 +187,7 @@ def test_torchrun_trains_with_one_run_folder_stops_on_sigterm_and_resumes(tiny_o
     assert (run_dir / "checkpoints" / "last.pt").is_file()
     assert out.count("run folder:") == 1 and out.count("resume with:") == 1, out[-3000:]  # rank 0 speaks
 
-    proc = torchrun(REPO / "scripts" / "run.py", "--resume", run_dir, timeout=240)
+    proc = torchrun("-m", "segsweep", "run", "--resume", run_dir, timeout=600)  # torchrun -m segsweep
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert [p.name for p in runs.iterdir()] == [run_dir.name]
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -218,12 +217,12 @@ def test_a_failing_rank_ends_the_run_instead_of_hanging(tiny_overrides: dict, tm
 
 
 def _evaluate_worker(checkpoint: str, out: str) -> None:
-    from core.data import build_data
-    from core.distributed import process_group
-    from core.losses import build_loss
-    from core.models import build_model
-    from core.spec import spec_from_dict
-    from core.trainer import evaluate
+    from segsweep.data import build_data
+    from segsweep.distributed import process_group
+    from segsweep.losses import build_loss
+    from segsweep.models import build_model
+    from segsweep.spec import spec_from_dict
+    from segsweep.train.loop import evaluate
 
     state = torch.load(checkpoint, weights_only=True)
     spec = spec_from_dict(state["spec"])
@@ -241,9 +240,9 @@ def _evaluate_worker(checkpoint: str, out: str) -> None:
 
 
 def _fail_worker(out: str, *overrides: str) -> None:
-    from core.distributed import process_group
-    from core.spec import load_spec
-    from core.trainer import fit
+    from segsweep.distributed import process_group
+    from segsweep.spec import load_spec
+    from segsweep.train.loop import fit
 
     spec = load_spec(QUICKSTART, list(overrides))
     with process_group("cpu", threads=1) as ranks:
@@ -258,8 +257,6 @@ def _sigterm_worker(*args: str) -> None:
     """`run.py ARGS` on this rank, SIGTERM blocked until the rank's first optimiser step after
     epoch 1's metrics.csv exists; there rank 0 sends SIGTERM to torchrun (its parent), and each
     rank waits for the copy torchrun forwards to it, then lets the trainer's handler take it."""
-    import runpy
-
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # before any thread starts
@@ -277,9 +274,9 @@ def _sigterm_worker(*args: str) -> None:
         signal.raise_signal(signal.SIGTERM)
 
     register_optimizer_step_post_hook(after_step)
-    sys.argv = ["run.py", *args]
-    sys.path.insert(0, str(REPO / "scripts"))
-    runpy.run_path(str(REPO / "scripts" / "run.py"), run_name="__main__")
+    from segsweep.cli import main
+
+    main(["run", *args])
 
 
 if __name__ == "__main__":

@@ -17,11 +17,12 @@ import numpy as np
 import pytest
 import torch
 
-from core.data import build_data
-from core.losses import build_loss
-from core.models import MODELS, build_model
-from core.spec import ExperimentSpec, LossSpec, override_spec
-from core.trainer import autocast, evaluate, resolve_precision
+from segsweep.data import build_data
+from segsweep.losses import build_loss
+from segsweep.models import MODELS, build_model
+from segsweep.spec import ExperimentSpec, LossSpec, override_spec
+from segsweep.train.device import autocast, resolve_precision
+from segsweep.train.loop import evaluate
 
 CPU = torch.device("cpu")
 TOLERANCE = {  # (precision, channels_last) -> (max logit error / logit std, share of mask pixels that may differ)
@@ -137,7 +138,7 @@ def test_evaluate_gives_the_same_metrics_on_the_fast_path(tiny_spec) -> None:
 
 
 def test_auto_precision_is_fp32_on_cpus_without_bf16_units(monkeypatch) -> None:
-    import core.trainer as trainer
+    import segsweep.train.device as trainer
 
     monkeypatch.setattr(trainer, "cpu_has_fast_bf16", lambda: False)
     assert resolve_precision("auto", CPU) == "fp32"

@@ -24,11 +24,11 @@ import pytest
 import torch
 import yaml
 
-from core.checkpoint import TopK, load_checkpoint, save_checkpoint
-from core.errors import CheckpointError
-from core.record import METRIC_COLUMNS, STATUSES, atomic_write_text, is_temporary
-from core.spec import spec_from_dict
-from core.trainer import StopTraining, fit
+from segsweep.checkpoint import TopK, load_checkpoint, save_checkpoint
+from segsweep.errors import CheckpointError
+from segsweep.record import METRIC_COLUMNS, STATUSES, atomic_write_text, is_temporary
+from segsweep.spec import spec_from_dict
+from segsweep.train.loop import StopTraining, fit
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = REPO / "experiments" / "quickstart.yaml"
@@ -44,7 +44,7 @@ SPEC_ARGS = [
     "train.early_stopping_patience=3", "checkpoint.keep_best=2",
 ]
 
-# Runs scripts/run.py with faults from SEGSWEEP_TEST_FAULTS, each "KIND:N:SIGNAME": the signal
+# Runs `segsweep run` with faults from SEGSWEEP_TEST_FAULTS, each "KIND:N:SIGNAME": the signal
 # goes to the process itself at the N-th event of that kind in this process. Kinds: "step" right
 # after an optimiser step; "metrics" right after metrics.csv is renamed into place (the end of an
 # epoch, before its last.pt is saved); "event" at the N-th of all steps and renames together,
@@ -52,8 +52,7 @@ SPEC_ARGS = [
 # With SEGSWEEP_TEST_EVENTS set, the process appends each event ("step" or "write NAME") to that
 # file, so a reference run tells how many events are left after any step.
 DRIVER = r"""
-import os, runpy, signal, sys
-sys.path[:0] = [os.getcwd(), os.path.join(os.getcwd(), "scripts")]
+import os, signal, sys
 faults = [f.split(":") for f in os.environ.get("SEGSWEEP_TEST_FAULTS", "").split(";") if f]
 log = os.environ.get("SEGSWEEP_TEST_EVENTS")
 from torch.optim.optimizer import register_optimizer_step_post_hook
@@ -77,8 +76,8 @@ def replace(src, dst, *args, **kwargs):
     if name == "metrics.csv":
         fire("metrics")
 os.replace = replace
-sys.argv = ["run.py", *sys.argv[1:]]
-runpy.run_path(os.path.join("scripts", "run.py"), run_name="__main__")
+from segsweep.cli import main
+main(["run", *sys.argv[1:]])
 """
 
 
@@ -432,7 +431,7 @@ def test_resume_needs_last_checkpoint(reference: Path, tmp_path: Path, cli) -> N
 def _full_disk_for(monkeypatch, name: str, nth: int) -> None:
     """From the `nth` temporary file made for `name` on, that file is /dev/full (every write
     fails with a real ENOSPC from the kernel), as on a disk that has just filled up."""
-    import core.record as record
+    import segsweep.record as record
 
     if not Path("/dev/full").exists():
         pytest.skip("/dev/full is needed to simulate a full disk")
@@ -456,7 +455,7 @@ def test_full_disk_while_saving_keeps_the_previous_checkpoint(tiny_spec, tmp_pat
     """The disk fills up while last.pt of epoch 2 is written (a real ENOSPC through torch.save):
     the run fails with one line naming the file and saying the previous checkpoint is intact;
     last.pt still loads and holds epoch 1; no temporary file is left; summary.json says failed."""
-    from core.spec import spec_to_yaml
+    from segsweep.spec import spec_to_yaml
 
     _full_disk_for(monkeypatch, "last.pt", nth=2)
     (tmp_path / "spec.yaml").write_text(spec_to_yaml(tiny_spec(**{"train.epochs": 3})))
@@ -474,8 +473,8 @@ def test_full_disk_while_saving_keeps_the_previous_checkpoint(tiny_spec, tmp_pat
 
 def test_full_disk_for_records_and_first_checkpoints(tmp_path: Path, monkeypatch) -> None:
     """The same for any record (here metrics.csv) and for a checkpoint with no previous file."""
-    from core.errors import SegsweepError
-    from core.record import write_metrics
+    from segsweep.errors import SegsweepError
+    from segsweep.record import write_metrics
 
     write_metrics(tmp_path, [{"epoch": 1, "train/loss": 0.5}])
     before = (tmp_path / "metrics.csv").read_bytes()
@@ -494,7 +493,7 @@ def test_python_errors_end_in_a_final_status(tiny_spec, tmp_path: Path, monkeypa
     """An exception anywhere after the run folder exists (here: in the epoch hook, or while
     testing the best checkpoint) leaves summary.json as failed with the error, then re-raises;
     a KeyboardInterrupt raised in-process (not a signal) leaves it as interrupted."""
-    import core.trainer as trainer
+    import segsweep.train.loop as trainer
 
     hook = None
     if where == "hook":
@@ -526,7 +525,7 @@ def test_python_errors_end_in_a_final_status(tiny_spec, tmp_path: Path, monkeypa
 def test_diverged_run_exits_1_and_records_where(tiny_spec, tmp_path: Path, cli, monkeypatch) -> None:
     """A non-finite loss ends the run as diverged (epoch and step in summary.json), exit 1;
     --resume then says there is nothing to resume."""
-    import core.trainer as trainer
+    import segsweep.train.state as trainer  # where the loss is built
 
     real = trainer.build_loss
 
@@ -540,7 +539,7 @@ def test_diverged_run_exits_1_and_records_where(tiny_spec, tmp_path: Path, cli, 
         return forward
 
     monkeypatch.setattr(trainer, "build_loss", exploding)
-    from core.spec import spec_to_yaml
+    from segsweep.spec import spec_to_yaml
 
     (tmp_path / "spec.yaml").write_text(spec_to_yaml(tiny_spec(**{"train.epochs": 3})))
     result = cli("run.py", tmp_path / "spec.yaml", "--results", tmp_path / "results")
@@ -569,7 +568,7 @@ def test_topk_files_agree_with_last_checkpoint_after_a_kill(tmp_path: Path, monk
     """A SIGKILL inside `TopK.offer` (after moving best.pt to best-2.pt, or after saving the new
     best.pt) leaves files ahead of last.pt's entries; `restore` puts them back, and re-offering
     the epoch (as the resumed run does) gives what an uninterrupted offer gives."""
-    import core.checkpoint as checkpoint
+    import segsweep.checkpoint as checkpoint
 
     clean, crashed = TopK(tmp_path / "clean", 2), TopK(tmp_path / "crashed", 2)
     for topk in (clean, crashed):
@@ -611,7 +610,7 @@ def test_a_best_linked_from_last_survives_a_kill_before_the_link(tmp_path: Path,
     """The trainer saves last.pt, then makes a new best a hard link to it. A SIGKILL before the
     link leaves last.pt's entries naming an epoch no best file holds: `restore` links it again
     from last.pt, so the resumed run has exactly the uninterrupted run's files."""
-    import core.checkpoint as checkpoint
+    import segsweep.checkpoint as checkpoint
 
     clean, crashed = TopK(tmp_path / "clean", 2), TopK(tmp_path / "crashed", 2)
     for topk in (clean, crashed):

@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.errors import SpecError
-from core.losses import LOSSES, BCE, Focal, SoftDice, build_loss
-from core.metrics import (SegmentationMeter, dice_from_counts, image_counts, iou_from_counts,
+from segsweep.errors import SpecError
+from segsweep.losses import LOSSES, BCE, Focal, SoftDice, build_loss
+from segsweep.metrics import (SegmentationMeter, dice_from_counts, image_counts, iou_from_counts,
                           probabilities)
-from core.spec import LossSpec
+from segsweep.spec import LossSpec
 
 HEADS = ["logits", "sigmoid"]
 

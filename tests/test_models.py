@@ -9,11 +9,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from core.errors import CheckpointError, SpecError
-from core.models import MODELS, ResNet34UNet, UNet, build_model, fans, nearest_valid_size
-from core.spec import MODEL_SIZE_DIVISORS, ModelSpec
+from segsweep.errors import CheckpointError, SpecError
+from segsweep.models import DECODERS, MODELS, ResNet34UNet, UNet, build_model, fans, nearest_valid_size
+from segsweep.spec import ModelSpec
 
-DECODERS = {"resnet34_unet": ["lab", "unet", "smp"]}  # other models only take the default decoder
 # A strength-2 covering array over (batchnorm, dropout, head, decoder): every value of every
 # toggle, and every pair of values of two toggles, appears in at least one case.
 COVERING = [(0, 0, 0, 0), (0, 1, 1, 1), (1, 0, 1, 1), (1, 1, 0, 1), (1, 1, 1, 0), (0, 0, 0, 2), (1, 1, 1, 2)]
@@ -22,7 +21,7 @@ COVERING = [(0, 0, 0, 0), (0, 1, 1, 1), (1, 0, 1, 1), (1, 1, 0, 1), (1, 1, 1, 0)
 def toggle_cases() -> list[tuple[str, bool, float, str, str]]:
     cases = []
     for name in MODELS.names():
-        decoders = DECODERS.get(name, ["unet"])
+        decoders = DECODERS.names() if "decoder" in MODELS.get(name).options else ["unet"]
         for bn, drop, head, dec in COVERING:
             cases.append((name, bool(bn), (0.0, 0.3)[drop], ("logits", "sigmoid")[head], decoders[dec % len(decoders)]))
     return sorted(set(cases))
@@ -32,10 +31,13 @@ def tiny(name: str, **kw) -> ModelSpec:
     return ModelSpec(name=name, base_channels=8, **kw)
 
 
-def test_registry_lists_the_spec_models_with_matching_size_divisors():
-    assert MODELS.names() == sorted(MODEL_SIZE_DIVISORS)
+def test_every_registered_model_declares_its_rules():
+    """Facts about a model live on its class: a positive size divisor and its own options."""
     for name in MODELS.names():
-        assert MODELS.get(name).size_divisor == MODEL_SIZE_DIVISORS[name]
+        cls = MODELS.get(name)
+        assert isinstance(cls.size_divisor, int) and cls.size_divisor >= 1, name
+        assert set(cls.options) <= set(ModelSpec.model_fields), name
+        cls.check_spec(tiny(name), cls.size_divisor)  # the defaults are valid for every model
 
 
 def test_unknown_model_name_lists_valid_names():
@@ -47,7 +49,7 @@ def test_unknown_model_name_lists_valid_names():
 def test_forward_shape_range_and_finite_grads(name, batchnorm, dropout, head, decoder):
     torch.manual_seed(0)
     model = build_model(tiny(name, batchnorm=batchnorm, dropout=dropout, head=head, decoder=decoder))
-    size = MODEL_SIZE_DIVISORS[name]
+    size = MODELS.get(name).size_divisor
     x = torch.randn(2, 3, 2 * size, size)  # non-square: height and width are not mixed up
     out = model(x)
     assert out.shape == (2, 1, 2 * size, size)
@@ -84,9 +86,9 @@ def test_decoder_convs_have_bias_only_without_batchnorm():
 
 
 def test_unet_options_for_resnet_only_are_rejected():
-    with pytest.raises(SpecError, match="model.decoder: 'lab' is not available for unet"):
+    with pytest.raises(SpecError, match="model.decoder: decoder='lab' applies to resnet34_unet only"):
         build_model(tiny("unet", decoder="lab"))
-    with pytest.raises(SpecError, match="model.encoder_weights: 'imagenet' is not available for unet"):
+    with pytest.raises(SpecError, match="model.encoder_weights: encoder_weights='imagenet' applies to resnet34_unet"):
         build_model(tiny("unet", encoder_weights="imagenet"))
 
 
@@ -287,7 +289,7 @@ def test_nearest_valid_size(size, divisor, nearest):
 @pytest.mark.parametrize("name", MODELS.names())
 def test_invalid_input_size_names_the_nearest_valid_size(name):
     model = build_model(tiny(name))
-    divisor = MODEL_SIZE_DIVISORS[name]
+    divisor = MODELS.get(name).size_divisor
     height = 2 * divisor + 3
     with pytest.raises(SpecError) as info:
         model(torch.randn(1, 3, height, divisor))

@@ -34,7 +34,7 @@ def _in_ci() -> bool:
 @pytest.fixture(scope="module")
 def postgres_url() -> str:
     """The server's URL; skip (fail under CI=true) when there is none or it does not answer."""
-    from core.sweeps import _masked, resolve_rdb_url
+    from segsweep.sweeps.storage import masked_url, resolve_rdb_url
 
     url = os.environ.get(POSTGRES_ENV, "").strip()
     why = None
@@ -51,7 +51,7 @@ def postgres_url() -> str:
             engine.dispose()
         except Exception as exc:  # driver missing, server down, bad credentials
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            why = f"{POSTGRES_ENV}={_masked(url)}: cannot connect ({reason})"
+            why = f"{POSTGRES_ENV}={masked_url(url)}: cannot connect ({reason})"
     if why is not None:
         if _in_ci():
             pytest.fail(f"CI=true: the PostgreSQL sweep test must run here, but {why}", pytrace=False)
@@ -60,11 +60,11 @@ def postgres_url() -> str:
 
 
 def hanging_fit(spec: Any, run_dir: Any, tracker: Any = None, on_epoch_end: Any = None) -> Any:
-    """core.trainer.fit, except that the one call (of all processes) that creates the file named by
+    """segsweep.train.fit, except that the one call (of all processes) that creates the file named by
     SWEEP_FAKE_HANG writes its pid there and hangs until killed. SWEEP_FAKE_LOG gets
     "config_hash pid" for every real training (module level: picklable for spawned workers)."""
-    from core.spec import config_hash
-    from core.trainer import fit
+    from segsweep.spec import config_hash
+    from segsweep.train import fit
 
     hang_once_if_asked()
     if os.environ.get("SWEEP_FAKE_LOG"):
@@ -84,9 +84,9 @@ def test_two_machines_three_workers_one_killed_run_every_cell_once_like_one_work
         postgres_url: str, tmp_path: Path, tiny_overrides: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     import optuna
 
-    from core.reports import group_arms, load_runs, write_report
-    from core.sweeps import open_storage, run_sweep
-    from core.sweep_spec import load_sweep
+    from segsweep.reports.ablation import group_arms, load_runs, write_report
+    from segsweep.sweeps import load_sweep, run_sweep
+    from segsweep.sweeps.storage import open_storage
 
     for var in ("SWEEP_FAKE_HANG", "SWEEP_FAKE_LOG", "SWEEP_FAKE_FAIL"):
         monkeypatch.delenv(var, raising=False)

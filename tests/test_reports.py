@@ -12,12 +12,12 @@ import pytest
 import yaml
 from scipy import stats as sps
 
-from core import stats
-from core.reports import (
-    ReportError, ReportOptions, compute_effects, compute_interactions, group_arms, load_runs,
-    summarize_arm, write_report,
-)
-from core.spec import ExperimentSpec, override_spec, spec_to_dict
+from segsweep.reports import stats
+from segsweep.reports.ablation import ReportOptions, write_report
+from segsweep.reports.design import group_arms
+from segsweep.reports.inference import compute_effects, compute_interactions, summarize_arm
+from segsweep.reports.records import ReportError, load_runs
+from segsweep.spec import ExperimentSpec, override_spec, spec_to_dict
 
 REPO = Path(__file__).resolve().parents[1]
 N_IMAGES = 30
@@ -345,17 +345,13 @@ def test_script_exits_2_on_a_folder_without_runs(tmp_path):
     assert not (empty / "report.md").exists()
 
 
-def test_unparseable_summary_is_one_line_naming_the_file(planted, capsys):
+def test_unparseable_summary_is_one_line_naming_the_file(planted, cli):
     root, _ = planted
     broken = next(root.rglob("summary.json"))
     broken.write_text("{not json")
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        import report as report_script
-    finally:
-        sys.path.remove(str(REPO / "scripts"))
-    assert report_script.main([str(root)]) == 2
-    err = capsys.readouterr().err
+    result = cli("report.py", root)
+    assert result.code == 2
+    err = result.err
     assert err.startswith(f"error: {broken}: unparseable summary") and err.count("\n") == 1
     assert not (root / "report.md").exists()
 

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import SpecError
-from core.spec import (
-    ExperimentSpec, MODEL_SIZE_DIVISORS, arm_hash, config_hash, load_spec, override_spec, parse_override,
+from segsweep.errors import SpecError
+from segsweep.spec import (
+    ExperimentSpec, arm_hash, config_hash, load_spec, override_spec, parse_override,
     spec_keys, spec_to_dict,
 )
 
@@ -65,7 +65,7 @@ def test_config_hash_ignores_name_and_tracking_but_not_choices() -> None:
 def test_config_hash_is_stable_when_the_schema_grows(monkeypatch: pytest.MonkeyPatch) -> None:
     """Only non-default values are hashed: a new field left at its default changes no hash, so a
     sweep started before the field existed still finds its finished cells."""
-    import core.spec as spec_module
+    import segsweep.spec as spec_module
 
     # Setting a value equal to its default is the same run as leaving it out.
     assert config_hash(override_spec(ExperimentSpec(), {"optim.lr": 1e-4})) == config_hash(ExperimentSpec())
@@ -83,13 +83,38 @@ def test_spec_keys_cover_every_leaf() -> None:
     assert keys["optim.lr"] == spec_to_dict(ExperimentSpec())["optim"]["lr"]
 
 
-def test_size_divisors_match_the_models() -> None:
-    from core.models import MODELS, build_model
+def test_spec_names_are_the_registries_names() -> None:
+    """Every name field accepts exactly what its registry holds; an unknown one lists them."""
+    from segsweep.data import DATASETS
+    from segsweep.models import DECODERS, MODELS
+    from segsweep.optim import OPTIMIZERS, SCHEDULERS
 
-    assert set(MODELS.names()) == set(MODEL_SIZE_DIVISORS)
-    for name, divisor in MODEL_SIZE_DIVISORS.items():
-        model = build_model(ExperimentSpec().model.model_copy(update={"name": name, "base_channels": 8}))
-        assert model.size_divisor == divisor
+    fields = {"data.name": DATASETS, "model.name": MODELS, "model.decoder": DECODERS,
+              "optim.name": OPTIMIZERS, "optim.scheduler": SCHEDULERS}
+    for key, registry in fields.items():
+        for name in registry.names():
+            base = {"model.name": "resnet34_unet", "data.image_size": 64} if key == "model.decoder" else {}
+            spec = override_spec(ExperimentSpec(), {**base, key: name})
+            assert spec_to_dict(spec)[key.split(".")[0]][key.split(".")[1]] == name
+        with pytest.raises(SpecError) as info:
+            override_spec(ExperimentSpec(), {key: registry.names()[0] + "x"})
+        message = str(info.value)
+        assert f"{key}: unknown {registry.kind}" in message and f"did you mean {registry.names()[0]!r}" in message
+        assert all(repr(name) in message for name in registry.names()) and "\n" not in message
+
+
+def test_model_options_are_checked_by_the_model() -> None:
+    with pytest.raises(SpecError, match=r"model.decoder: decoder='lab' applies to resnet34_unet only; "
+                                        r"unet takes decoder='unet'"):
+        override_spec(ExperimentSpec(), {"model.decoder": "lab"})
+    with pytest.raises(SpecError, match=r"model.encoder_weights: encoder_weights='imagenet' applies to"):
+        override_spec(ExperimentSpec(), {"model.encoder_weights": "imagenet"})
+
+
+def test_unknown_loss_key_lists_the_terms() -> None:
+    with pytest.raises(SpecError, match=r"loss.dise: unknown key; did you mean 'dice'\? "
+                                        r"valid keys: bce, dice, focal, focal_gamma$"):
+        override_spec(ExperimentSpec(), {"loss.dise": 1.0})
 
 
 def test_size_error_names_nearest_valid_size() -> None:

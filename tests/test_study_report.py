@@ -10,8 +10,8 @@ import optuna
 import pytest
 import yaml
 
-from core.reports import ReportError
-from core.study_report import write_study_report
+from segsweep.reports.records import ReportError
+from segsweep.reports.study import write_study_report
 from test_reports import PNG_SIGNATURE, write_run
 
 SPACE = {

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,11 @@ import pytest
 from conftest import wait_for
 import yaml
 
-from core.errors import SpecError, SweepError
-from core.spec import config_hash, spec_keys
-from core.sweep_spec import cell_config_hash, load_sweep, to_wandb_config, wandb_overrides
+from segsweep.errors import SpecError, SweepError
+from segsweep.spec import config_hash, spec_keys
+from segsweep.sweeps.cells import cell_config_hash
+from segsweep.sweeps.spec import load_sweep
+from segsweep.sweeps.wandb_engine import to_wandb_config, wandb_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "experiments" / "quickstart.yaml"
@@ -56,7 +59,7 @@ def fake_fit(spec: Any, run_dir: Any, tracker: Any = None, on_epoch_end: Any = N
     per call; SWEEP_FAKE_HANG: the first call to create that file writes its pid and hangs;
     SWEEP_FAKE_FAIL: every call raises. optim.lr >= 0.5 diverges.
     """
-    from core.trainer import RunResult, StopTraining
+    from segsweep.train import RunResult, StopTraining
 
     run_dir = Path(run_dir)
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -157,7 +160,7 @@ def test_committed_sweep_loads_and_translates_to_wandb(path: Path) -> None:
 def test_tpe_spec_maps_to_optuna_distributions_and_hyperband() -> None:
     import optuna
 
-    from core.sweeps import make_pruner, make_sampler
+    from segsweep.sweeps.study import make_pruner, make_sampler
 
     sweep = load_sweep(REPO / "sweeps" / "lr_wd_tpe.yaml")
     assert isinstance(make_sampler(sweep), optuna.samplers.TPESampler)
@@ -194,7 +197,7 @@ def test_wandb_engine_runs_each_agent_run_in_process_through_the_same_overrides(
     parameters where the real agent does (WANDB_SWEEP_PARAM_PATH) before calling the function."""
     import types
 
-    from core.sweeps import run_sweep
+    from segsweep.sweeps import run_sweep
 
     log = tmp_path / "fits.log"
     monkeypatch.setenv("SWEEP_FAKE_LOG", str(log))
@@ -215,7 +218,7 @@ def test_wandb_engine_runs_each_agent_run_in_process_through_the_same_overrides(
             function()
 
     monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(sweep=sweep, agent=agent))
-    monkeypatch.setattr("core.sweeps.check_wandb_available", lambda timeout_s=5.0: "https://api.wandb.ai")
+    monkeypatch.setattr("segsweep.sweeps.wandb_engine.check_wandb_available", lambda timeout_s=5.0: "https://api.wandb.ai")
     path = write_sweep(tmp_path / "wb.yaml", parameters={"train.epochs": {"value": 2}},
                        arms=[{}, {"model.init": "he_normal"}, {"model.dropout": 0.3}])
     outcome = run_sweep(path, engine="wandb", results=tmp_path / "r", fit_fn=fake_fit, echo=lambda s: None)
@@ -289,7 +292,7 @@ def test_sqlite_with_several_workers_is_refused(cli: Any, tmp_path: Path) -> Non
 def test_claim_of_a_waiting_trial_succeeds_for_one_storage_client_only(tmp_path: Path) -> None:
     import optuna
 
-    from core.sweeps import open_storage
+    from segsweep.sweeps.storage import open_storage
 
     sweep = load_sweep(write_sweep(tmp_path / "s.yaml"))
     a, b = (open_storage(str(tmp_path / "j.log"), sweep.spec.optuna) for _ in range(2))  # two "processes"
@@ -301,8 +304,78 @@ def test_claim_of_a_waiting_trial_succeeds_for_one_storage_client_only(tmp_path:
     assert claims == [True, False]
 
 
+def test_optuna_internals_behind_storage_work_on_the_supported_versions(tmp_path: Path) -> None:
+    """sweeps/storage.py is the one module touching Optuna's private API: the installed Optuna is
+    one that pyproject allows, and every function there that touches it works on it."""
+    import tomllib
+
+    import optuna
+    from optuna.storages import fail_stale_trials
+    from optuna.trial import TrialState
+    from packaging.requirements import Requirement
+
+    from segsweep.sweeps import storage as st
+
+    deps = [Requirement(d) for d in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]]
+    (declared,) = [d for d in deps if d.name == "optuna"]
+    assert declared.specifier.contains(optuna.__version__, prereleases=True), (optuna.__version__, str(declared))
+
+    sweep = load_sweep(write_sweep(tmp_path / "s.yaml"))  # heartbeat_interval 1 s
+    journal = st.open_storage(str(tmp_path / "j.log"), sweep.spec.optuna)
+    assert isinstance(journal, st.HeartbeatJournalStorage) and st.heartbeat_interval(journal) == 1
+    study = optuna.create_study(study_name="s", storage=journal)
+    study_id = journal.get_study_id_from_name("s")
+    study.enqueue_trial({"x": 1})
+    trial = st.claim_waiting(study, journal, study_id)
+    assert trial is not None and st.claim_waiting(study, journal, study_id) is None
+    frozen = journal.get_trial(st.trial_id(trial))
+    assert frozen.number == trial.number and frozen.state == TrialState.RUNNING
+    assert st.trial_id(frozen) == st.trial_id(trial)
+    with st.Heartbeat(journal, st.trial_id(trial)):
+        pass
+    assert st.HEARTBEAT_ATTR in journal.get_trial(st.trial_id(trial)).system_attrs
+    journal.grace_period = -1  # every running trial is stale now: Optuna must call our hook, then retry it
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        fail_stale_trials(study)
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert [st.is_retry(t) for t in trials] == [False, True]
+
+    rdb = st.open_storage(f"sqlite:///{tmp_path}/s.db", sweep.spec.optuna)  # Optuna's cache around an RDB
+    assert isinstance(rdb, optuna.storages.BaseStorage) and st.heartbeat_interval(rdb) == 1
+
+
+def test_sweep_engines_are_found_by_name(cli: Any, tmp_path: Path) -> None:
+    from segsweep.cli import build_parser
+    from segsweep.sweeps import SWEEP_ENGINES, SweepOutcome, run_sweep
+
+    assert SWEEP_ENGINES.names() == ["optuna", "wandb"]
+    _, subparsers = build_parser()
+    (engine,) = [a for a in subparsers["sweep"]._actions if a.dest == "engine"]
+    assert list(engine.choices) == SWEEP_ENGINES.names()
+    path = write_sweep(tmp_path / "s.yaml")
+    with pytest.raises(SweepError, match=r"^--engine nope: expected optuna or wandb$"):
+        run_sweep(path, engine="nope")
+
+    # A new engine is one registration: the command offers it and run_sweep hands it the sweep.
+    seen: list[Any] = []
+
+    def toy(sweep: Any, **options: Any) -> Any:
+        seen.append((sweep.name, sorted(options)))
+        return SweepOutcome(sweep_dir=tmp_path, rows=[], pending=0, exit_code=0)
+
+    with SWEEP_ENGINES.registered("toy", toy):
+        result = cli("sweep.py", path, "--engine", "toy", "--results", tmp_path / "results")
+    assert result.code == 0, result.err
+    assert seen == [("s", ["echo", "fit_fn", "results", "storage", "sweep_id", "workers"])]
+    assert "toy" not in SWEEP_ENGINES
+
+
 def test_a_cell_queued_twice_runs_once(tmp_path: Path, quiet: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    from core.sweeps import enqueue_grid, open_storage, open_study, run_sweep
+    from segsweep.sweeps import run_sweep
+    from segsweep.sweeps.storage import open_storage
+    from segsweep.sweeps.study import enqueue_grid, open_study
 
     log = tmp_path / "fits.log"
     monkeypatch.setenv("SWEEP_FAKE_LOG", str(log))
@@ -327,7 +400,7 @@ def test_killed_worker_trial_is_retried_and_every_cell_completes_once(tmp_path: 
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """SIGKILL a worker mid-trial: the surviving worker retries it after the grace period; then a
     driver killed mid-trial is rerun; every cell x seed ends COMPLETE exactly once."""
-    from core.sweeps import run_sweep
+    from segsweep.sweeps import run_sweep
 
     log, hang = tmp_path / "fits.log", tmp_path / "hang.pid"
     monkeypatch.setenv("SWEEP_FAKE_LOG", str(log))
@@ -358,7 +431,7 @@ def test_killed_worker_trial_is_retried_and_every_cell_completes_once(tmp_path: 
     path2 = write_sweep(tmp_path / "rerun.yaml")
     import multiprocessing
 
-    from core.sweeps import run_sweep as target
+    from segsweep.sweeps import run_sweep as target
 
     child = multiprocessing.get_context("spawn").Process(target=target, args=(path2,), kwargs=dict(
         results=results, fit_fn=fake_fit))
@@ -379,7 +452,7 @@ def test_killed_worker_trial_is_retried_and_every_cell_completes_once(tmp_path: 
 
 def test_diverged_is_the_cells_outcome_and_failed_is_rerun(tmp_path: Path, quiet: None,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    from core.sweeps import run_sweep
+    from segsweep.sweeps import run_sweep
 
     path = write_sweep(tmp_path / "div.yaml", seeds=[0], parameters={"optim.lr": {"values": [0.001, 0.9]}})
     monkeypatch.setenv("SWEEP_FAKE_FAIL", "1")
@@ -400,7 +473,7 @@ def test_diverged_is_the_cells_outcome_and_failed_is_rerun(tmp_path: Path, quiet
 def test_an_rdb_storage_runs_the_grid_with_heartbeats(tmp_path: Path, quiet: None) -> None:
     import optuna
 
-    from core.sweeps import run_sweep
+    from segsweep.sweeps import run_sweep
 
     url = f"sqlite:///{tmp_path}/study.db"
     path = write_sweep(tmp_path / "rdb.yaml", seeds=[3])
@@ -414,7 +487,7 @@ def test_an_rdb_storage_runs_the_grid_with_heartbeats(tmp_path: Path, quiet: Non
 
 
 def test_same_name_with_a_different_spec_is_refused(tmp_path: Path, quiet: None) -> None:
-    from core.sweeps import run_sweep
+    from segsweep.sweeps import run_sweep
 
     path = write_sweep(tmp_path / "same.yaml", seeds=[0])
     run_sweep(path, results=tmp_path / "r", fit_fn=fake_fit, echo=lambda s: None)
@@ -467,7 +540,7 @@ def test_quickstart_grid_with_two_workers_via_the_command(tmp_path: Path, tiny_o
 
 
 def test_tpe_study_with_hyperband_prunes_some_trials(tmp_path: Path, tiny_overrides: dict, quiet: None) -> None:
-    from core.sweeps import run_sweep
+    from segsweep.sweeps import run_sweep
 
     tree = yaml.safe_load((REPO / "sweeps" / "lr_wd_tpe.yaml").read_text())
     tree.update(experiment=str(QUICKSTART), run_cap=6, early_terminate={"type": "hyperband", "min_iter": 1, "eta": 2})

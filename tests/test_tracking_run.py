@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from core.tracking import load_wandb_log
+from segsweep.tracking import load_wandb_log
 
 REPO = Path(__file__).resolve().parents[1]
 

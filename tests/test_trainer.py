@@ -11,9 +11,9 @@ import pytest
 import torch
 import yaml
 
-from core.record import METRIC_COLUMNS
-from core.spec import spec_from_dict
-from core.trainer import StopTraining, evaluate_checkpoint, fit
+from segsweep.record import METRIC_COLUMNS
+from segsweep.spec import spec_from_dict
+from segsweep.train.loop import StopTraining, evaluate_checkpoint, fit
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -70,7 +70,7 @@ def test_hook_can_stop_training_as_pruned(tiny_spec, tmp_path: Path) -> None:
 
 
 def test_nonfinite_loss_is_recorded_as_diverged(tiny_spec, tmp_path: Path, monkeypatch) -> None:
-    import core.trainer as trainer
+    import segsweep.train.state as trainer  # where the loss is built
 
     real = trainer.build_loss
 
@@ -104,7 +104,7 @@ def test_early_stopping_and_time_budget(tiny_spec, tmp_path: Path) -> None:
 
 def test_final_test_false_keeps_the_test_split_out(tiny_spec, tmp_path: Path, monkeypatch) -> None:
     """A study tuning on val never evaluates (or even loads a batch of) the test split."""
-    import core.trainer as trainer
+    import segsweep.train.loop as trainer
 
     real, splits = trainer.evaluate, []
     monkeypatch.setattr(trainer, "evaluate", lambda model, loader, *a, desc="", **kw:
@@ -127,9 +127,9 @@ def test_evaluate_script_matches_summary(tiny_spec, tmp_path: Path, cli) -> None
 def test_hflip_tta_is_mirror_equivariant_and_used_by_every_evaluation(tiny_spec, tmp_path: Path, cli) -> None:
     """With tta=hflip, predicting a mirrored image gives the mirrored prediction (without TTA a
     trained net does not); evaluate.py and the trainer's test pass agree on it."""
-    from core.inference import Predictor
-    from core.models import build_model, predict_batch
-    from core.spec import ModelSpec
+    from segsweep.inference import Predictor
+    from segsweep.models import build_model, predict_batch
+    from segsweep.spec import ModelSpec
 
     torch.manual_seed(0)
     model = build_model(ModelSpec(base_channels=4)).eval()
@@ -173,7 +173,7 @@ def test_predict_script_writes_masks_and_overlays(tiny_spec, tmp_path: Path, cli
 def test_record_files_follow_the_umask(tmp_path: Path) -> None:
     import os
 
-    from core.record import atomic_write_text
+    from segsweep.record import atomic_write_text
 
     atomic_write_text(tmp_path / "a.txt", "x")
     mask = os.umask(0)
@@ -183,8 +183,8 @@ def test_record_files_follow_the_umask(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
 def test_optimisers_use_fused_kernels_and_still_descend(name: str) -> None:
-    from core.spec import ExperimentSpec, override_spec
-    from core.trainer import build_optimizer
+    from segsweep.spec import ExperimentSpec, override_spec
+    from segsweep.optim import build_optimizer
 
     torch.manual_seed(0)
     model = torch.nn.Linear(8, 1)

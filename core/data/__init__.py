@@ -1,10 +1,11 @@
-"""Data for training and evaluation: `build_data(spec)` -> train/val/test loaders over
-`oxford_pet`, `synthetic` or `folder` data, with a memory-mapped cache and seeded augmentation.
+"""Data for training and evaluation: `build_data(spec)` -> train/val/test loaders over a dataset
+from `DATASETS` (`oxford_pet`, `synthetic`, `folder`), with a memory-mapped cache and seeded
+augmentation.
 
 Items are `(image float32 (3, H, W) normalised, mask uint8 (H, W) 0/1/255, index)`; `index`
-points into `dataset.ids`. See `core.data.sources` (layouts, `load_sample`), `core.data.cache`
-(memory maps, statistics), `core.data.pipeline` (datasets, `EpochSampler`) and
-`core.data.synthetic` (the generator).
+points into `dataset.ids`. See `core.data.datasets` (the registry), `core.data.sources`
+(layouts, `load_sample`), `core.data.cache` (memory maps, statistics), `core.data.pipeline`
+(datasets, `EpochSampler`) and `core.data.synthetic` (the generator).
 """
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ from typing import Literal
 import torch
 from torch.utils.data import DataLoader
 
-from core.data.augment import Augmentation, GeometricWarp, build_augmentation
-from core.data.cache import SplitCache, dataset_stats, ensure_cache, resolve_cache_dir
-from core.data.pipeline import (
+from .augment import Augmentation, GeometricWarp, build_augmentation
+from .cache import SplitCache, dataset_stats, ensure_cache, resolve_cache_dir
+from .pipeline import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     EpochSampler,
@@ -26,23 +27,13 @@ from core.data.pipeline import (
     collate,
     sample_seed,
 )
-from core.data.sources import (
-    Sample,
-    SplitSource,
-    check_headers,
-    download_oxford_pet,
-    folder_splits,
-    has_oxford_layout,
-    load_sample,
-    oxford_splits,
-)
-from core.data.synthetic import ensure_synthetic
-from core.errors import DataError
-from core.spec import DataSpec, ExperimentSpec
+from .datasets import DATASETS, build_sources
+from .sources import Sample, SplitSource, check_headers, load_sample
+from ..spec import ExperimentSpec
 
 __all__ = [
-    "Augmentation", "DataBundle", "EpochSampler", "GeometricWarp", "SegmentationDataset", "Sample", "SplitSource",
-    "build_data", "build_sources", "build_augmentation", "load_sample", "sample_seed", "resolve_num_workers",
+    "DATASETS", "Augmentation", "DataBundle", "EpochSampler", "GeometricWarp", "SegmentationDataset", "Sample",
+    "SplitSource", "build_data", "build_sources", "build_augmentation", "load_sample", "sample_seed", "resolve_num_workers",
 ]
 
 SPLITS = ("train", "val", "test")
@@ -56,23 +47,6 @@ class DataBundle:
     train_sampler: EpochSampler  # call set_epoch(epoch) before each training epoch
     datasets: dict[str, SegmentationDataset]  # 'train' | 'val' | 'test'
     num_workers: int  # what `data.num_workers` resolved to
-
-
-def build_sources(data: DataSpec) -> dict[str, SplitSource]:
-    """The files of each split; generates synthetic data or downloads Oxford pets when asked."""
-    root = Path(data.root).expanduser()
-    if data.name == "synthetic":
-        ensure_synthetic(root, data.synthetic)
-        return oxford_splits(root, data.val_every, data.mask, dataset="synthetic")
-    if data.name == "folder":
-        return folder_splits(root, data.folder.val_fraction, data.folder.test_fraction, data.folder.foreground_value)
-    if not has_oxford_layout(root):
-        if not data.download:
-            what = "has no Oxford-IIIT Pet layout (images/, annotations/)" if root.exists() else "not found"
-            raise DataError(f"{root}: data root {what}; point data.root at the dataset "
-                            "or set data.download=true")
-        download_oxford_pet(root)
-    return oxford_splits(root, data.val_every, data.mask)
 
 
 def resolve_num_workers(setting: int | Literal["auto"], cached: bool, cuda: bool) -> int:

@@ -16,7 +16,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from core.spec import AugmentSpec
+from ..spec import AugmentSpec
 
 
 class GeometricWarp:

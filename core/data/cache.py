@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from core.data.sources import LOADER_VERSION, SplitSource, load_sample
-from core.errors import DataError
+from .sources import LOADER_VERSION, SplitSource, load_sample
+from ..errors import DataError
 
 CACHE_SUBDIR = ".segsweep_cache"
 

@@ -13,10 +13,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from core.data.augment import build_augmentation
-from core.data.cache import SplitCache
-from core.data.sources import SplitSource, load_sample
-from core.spec import AugmentSpec
+from .augment import build_augmentation
+from .cache import SplitCache
+from .sources import SplitSource, load_sample
+from ..spec import AugmentSpec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

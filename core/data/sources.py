@@ -13,7 +13,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from core.errors import DataError
+from ..errors import DataError
 
 # Bump when load_sample's output changes for the same files: it is part of every cache key.
 LOADER_VERSION = 1

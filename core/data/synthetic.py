@@ -18,8 +18,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from core.errors import DataError
-from core.spec import SyntheticSpec
+from ..errors import DataError
+from ..spec import SyntheticSpec
 
 GENERATOR_VERSION = 1
 

@@ -1,6 +1,6 @@
 """Sweep specs: W&B's sweep vocabulary plus `experiment`, `seeds`, `arms`, `run_cap` and `optuna:`,
-validated as strictly as experiment specs and resolved against the base experiment (`load_sweep`);
-`to_wandb_config` translates one to W&B. Both engines apply parameters with `override_spec`.
+validated as strictly as experiment specs and resolved against the base experiment (`load_sweep`)
+into a `Sweep` and its grid cells. Both engines apply parameters with `override_spec`.
 """
 from __future__ import annotations
 
@@ -8,18 +8,18 @@ import difflib
 import hashlib
 import json
 import math
-from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, ValidationError, model_validator
 
-from core.errors import SpecError
-from core.spec import (
-    ExperimentSpec, arm_hash, config_hash, flatten, load_spec, override_spec, parse_override, read_yaml, spec_keys,
-    spec_to_dict,
+from ..errors import SpecError
+from ..format import fmt_value
+from ..spec import (
+    ExperimentSpec, arm_hash, load_spec, override_spec, parse_override, read_yaml, spec_keys, spec_to_dict,
 )
+from .cells import Cell, Sweep
 
 # A parameter value: what a YAML scalar can be (Optuna's categorical choices are exactly these).
 Scalar = Union[StrictBool, StrictInt, StrictFloat, str, None]
@@ -33,7 +33,6 @@ EPOCH_METRICS = ("val/dice", "val/dice_global", "val/iou", "val/loss", "train/lo
 # Keys a sweep may not vary: the seed has its own `seeds:` list; name and tracking change no result.
 RESERVED_KEYS = {"seed": "use `seeds: [...]` for replicates", "name": "the sweep names every trial"}
 WANDB_JOB_TYPE_MAX = 64  # W&B refuses longer job types
-
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -181,77 +180,11 @@ class _KeyError(ValueError):
         self.key = key
 
 
-# --------------------------------------------------------------------------- the resolved sweep
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One arm of a grid: its overrides of the base experiment (the seed is added per trial)."""
-
-    label: str  # 'model.init=paper,model.dropout=0.1' or 'baseline'
-    overrides: dict[str, Any]
-    params: dict[str, Any]  # what Optuna records as the trial's params (besides `seed`)
-
-
-@dataclass(frozen=True)
-class Sweep:
-    path: Path
-    spec: SweepSpec
-    name: str
-    base: ExperimentSpec  # the experiment with command-line overrides and constant parameters applied
-    overrides: tuple[str, ...]  # the command-line overrides, as given
-    seeds: tuple[int, ...]
-    cells: tuple[Cell, ...]  # grid only; empty for random/bayes
-    hash: str  # identity of what the sweep runs: a study of the same name must match it
-
-    @property
-    def method(self) -> str:
-        return self.spec.method
-
-    @property
-    def searched(self) -> dict[str, ParameterSpec]:
-        """The parameters random/bayes sample (constants are already in `base`)."""
-        return {k: p for k, p in self.spec.parameters.items() if p.kind != "constant"}
-
-    def trial_spec(self, overrides: Mapping[str, Any], seed: int, run_name: str, label: str) -> ExperimentSpec:
-        """The experiment one trial trains: base + overrides + seed, tracked in the sweep's W&B group."""
-        return override_spec(self.base, {
-            **overrides, "seed": seed, "name": run_name,
-            "tracking.wandb.group": self.name, "tracking.wandb.job_type": job_type(label),
-        })
-
-    def resolved(self, storage: str | None = None) -> dict[str, Any]:
-        """What `sweep.yaml` records: the spec as written plus everything it resolved to."""
-        tree = self.spec.model_dump(mode="json", exclude_none=True)
-        if storage is not None:
-            tree["optuna"]["storage"] = storage
-        return {
-            **tree, "name": self.name, "sweep_file": str(self.path),
-            "overrides": list(self.overrides), "seeds": list(self.seeds), "sweep_hash": self.hash,
-            "cells": [{"label": c.label, "overrides": c.overrides} for c in self.cells],
-            "experiment_spec": spec_to_dict(self.base),
-        }
-
-
-def fmt_value(value: Any) -> str:
-    """A short, YAML-like rendering for labels: 0.0001 -> 1e-04, True -> true."""
-    if isinstance(value, bool) or value is None:
-        return {True: "true", False: "false", None: "null"}[value]
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+# --------------------------------------------------------------------------- labels and identity
 
 
 def cell_label(overrides: Mapping[str, Any]) -> str:
     return ",".join(f"{k}={fmt_value(v)}" for k, v in overrides.items()) or "baseline"
-
-
-def job_type(label: str) -> str:
-    """W&B's job_type for an arm: its label, shortened with a hash suffix when too long."""
-    if len(label) <= WANDB_JOB_TYPE_MAX:
-        return label
-    digest = hashlib.sha256(label.encode()).hexdigest()[:6]
-    return f"{label[: WANDB_JOB_TYPE_MAX - 7]}~{digest}"
 
 
 def _canonical(value: Any) -> str:
@@ -423,78 +356,3 @@ def _grid_cells(path: Path, spec: SweepSpec, base: ExperimentSpec) -> tuple[Cell
                 params = {"arm": arm_labels[arm_index], **params}
             cells.append(Cell(label=label, overrides=overrides, params=params))
     return tuple(cells)
-
-
-def arm_choices(sweep: Sweep) -> dict[str, tuple[Any, ...]]:
-    """Categorical choices of each grid param (as Optuna records them), seeds included."""
-    choices: dict[str, list[Any]] = {}
-    for cell in sweep.cells:
-        for key, value in cell.params.items():
-            bucket = choices.setdefault(key, [])
-            if value not in bucket:
-                bucket.append(value)
-    choices["seed"] = list(sweep.seeds)
-    return {k: tuple(v) for k, v in choices.items()}
-
-
-def cell_config_hash(sweep: Sweep, cell: Cell, seed: int) -> tuple[str, str]:
-    """(config_hash, arm_hash) of one cell x seed, exactly as the trained run records them."""
-    spec = override_spec(sweep.base, {**cell.overrides, "seed": seed})
-    return config_hash(spec), arm_hash(spec)
-
-
-def base_values(sweep: Sweep) -> dict[str, Any]:
-    """Every dotted key of the base experiment with its value (fills blank cells of trials.csv)."""
-    return flatten(spec_to_dict(sweep.base))
-
-
-# --------------------------------------------------------------------------- W&B
-
-
-def to_wandb_config(sweep: Sweep) -> dict[str, Any]:
-    """The W&B sweep configuration for `sweep` (a pure function of it).
-
-    Our additions are translated: `seeds` becomes the `seed` parameter (a grid over it), `arms`
-    a categorical `arm` parameter whose labels the in-process agent maps back to overrides;
-    `experiment`, `keep_last` and `optuna` are dropped (the agent runs in-process, so no
-    `program`). Constant parameters stay W&B constants.
-    """
-    spec = sweep.spec
-    base = base_values(sweep)
-    parameters: dict[str, Any] = {}
-    if spec.arms is not None:
-        parameters["arm"] = {"values": [cell_label(arm) for arm in spec.arms]}
-    for key, param in spec.parameters.items():
-        entry = param.model_dump(mode="json", exclude_none=True, exclude={"value"})
-        if param.kind == "constant":
-            entry = {"value": base[key]}  # as resolved: a command-line override has the last word
-        if "values" in entry:
-            entry["values"] = list(entry["values"])
-        parameters[key] = entry
-    parameters["seed"] = {"values": list(sweep.seeds)} if spec.method == "grid" else {"value": sweep.seeds[0]}
-    config: dict[str, Any] = {
-        "name": sweep.name, "method": spec.method,
-        "metric": {"name": spec.metric.name, "goal": spec.metric.goal}, "parameters": parameters,
-    }
-    if spec.description:
-        config["description"] = spec.description
-    if spec.run_cap is not None:
-        config["run_cap"] = spec.run_cap
-    if spec.early_terminate is not None:
-        config["early_terminate"] = spec.early_terminate.model_dump(mode="json", exclude_none=True)
-    return config
-
-
-def wandb_overrides(sweep: Sweep, config: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
-    """(overrides, seed) from a W&B run's config: the inverse of `to_wandb_config`'s parameters."""
-    arms = {cell_label(arm): dict(arm) for arm in (sweep.spec.arms or ())}
-    overrides: dict[str, Any] = {}
-    if sweep.spec.arms is not None:
-        label = config.get("arm")
-        if label not in arms:
-            raise SpecError(f"W&B run config: arm {label!r} is not an arm of {sweep.path} (valid: {', '.join(arms)})")
-        overrides.update(arms[label])
-    for key, param in sweep.spec.parameters.items():
-        if param.kind != "constant" and key in config:
-            overrides[key] = config[key]
-    return overrides, int(config.get("seed", sweep.seeds[0]))

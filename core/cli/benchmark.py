@@ -1,0 +1,66 @@
+"""Speed of the training path against its ceiling, a naive baseline and a peer stack (issue 6).
+
+    segsweep benchmark                 # full run, about six minutes on 2 quiet cores
+    segsweep benchmark --quick         # smoke run, about a minute; no thresholds
+    segsweep benchmark --out bench.json --cache-dir /tmp/segsweep-cache
+
+Every ratio is measured side by side in one process: the two (or more) contenders alternate,
+repetition by repetition (A B, then B A, ...), and each figure is the median of the paired
+per-repetition ratios, so a neighbour's load that comes and goes hits both sides alike. The
+JSON (default `results/benchmarks/<stamp>.json`) holds every repetition; the table printed at
+the end is the one `BENCHMARKS.md` keeps. Data: the real 3-breed pets subset beside the repo
+(`../shared/data/oxford-iiit-pet-mini`) when present, else the synthetic set. Nothing here
+asserts a time: `tests/test_benchmark.py` only checks that `--quick` runs and what it writes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+from ..bench import FIGURES  # names only: the measuring code is imported when the command runs
+
+INTERMIXED = False  # no positional arguments: plain parsing, as before
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="small models and few repetitions (smoke test)")
+    parser.add_argument("--out", type=Path, help="JSON file (default: results/benchmarks/<stamp>.json)")
+    parser.add_argument("--cache-dir", type=Path,
+                        help="writable folder for the data cache (and synthetic data); default results/cache")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, one per core)")
+    parser.add_argument("--only", nargs="+", choices=FIGURES,
+                        help="measure only these figures (raw_step, trainer_vs_raw and mfu always run)")
+
+
+def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import torch
+
+    from ..bench.contenders import FULL, QUICK, REPO
+    from ..bench.report import table
+    from ..bench.suite import default_out, run_benchmark
+    from ..record import atomic_write_text
+    from . import install_log_handler
+
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    if args.threads:
+        if args.threads < 1:
+            parser.error("--threads must be at least 1")
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the measuring processes inherit it
+        torch.set_num_threads(args.threads)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = args.out or default_out(stamp, args.quick)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cache_dir = (args.cache_dir or REPO / "results" / "cache").resolve()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    command = " ".join(["python scripts/benchmark.py"] + (["--quick"] if args.quick else [])
+                       + ([f"--threads {args.threads}"] if args.threads else []))
+    report = run_benchmark(QUICK if args.quick else FULL, cache_dir, quick=args.quick, stamp=stamp, command=command,
+                           only=args.only, initializer=install_log_handler)
+    atomic_write_text(out, json.dumps(report, indent=2) + "\n")
+    print(table(report["figures"]))
+    print(f"\n{report['command']}: {report['total_s']:.0f}s, load average {report['load_average_before']} "
+          f"-> {report['load_average_after']}; wrote {out}")
+    return 0

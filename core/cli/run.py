@@ -1,0 +1,105 @@
+"""Train one experiment from a YAML spec, or resume an interrupted run.
+
+    segsweep run experiments/unet_he_init.yaml model.init=paper optim.lr=1e-3
+    segsweep run experiments/quickstart.yaml --print
+    segsweep run --resume results/runs/quickstart/20261124-101500-a1b2c3
+
+Exit codes: 0 completed (or pruned; or --resume of a run that already ended), 1 diverged or
+failed, 2 bad input (one line on stderr), 130 / 143 stopped by SIGINT / SIGTERM (resumable:
+last.pt holds every batch done). A second Ctrl-C exits at once.
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+import yaml
+
+from ..errors import SegsweepError, SpecError
+from ..spec import load_spec, spec_to_yaml
+
+FINISHED = ("completed", "diverged", "pruned")  # a run ended with one of these has nothing to resume
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", nargs="?", help="experiment spec (YAML)")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=1e-3")
+    parser.add_argument("--results", help="results root (default: results)")
+    parser.add_argument("--print", action="store_true", help="print the resolved spec and exit")
+    parser.add_argument("--resume", metavar="RUN_DIR",
+                        help="continue an interrupted, failed or killed run from its checkpoints/last.pt")
+
+
+def refuse_sweep_file(path: Path) -> None:
+    """A sweep file given to `run` gets one line saying which command takes it."""
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return  # load_spec says what is wrong with the file
+    if isinstance(tree, dict) and "parameters" in tree and ("method" in tree or "experiment" in tree):
+        raise SpecError(f"{path}: this is a sweep file (it has `method:` and `parameters:`), not an experiment; "
+                        f"run it with: segsweep sweep {path}")
+
+
+def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from ..record import check_writable, new_run_dir, read_json
+
+    if args.resume:
+        from ..train.loop import load_run_spec
+
+        if args.spec or args.overrides or args.results:
+            parser.error("--resume takes only the run folder (its spec is stored in the checkpoint)")
+        run_dir = Path(args.resume).expanduser()
+        if not run_dir.is_dir():
+            raise SegsweepError(f"{run_dir}: --resume expects an existing run folder")
+        if args.print:
+            print(spec_to_yaml(load_run_spec(run_dir)), end="")
+            return 0
+        if (run_dir / "summary.json").exists():
+            status = read_json(run_dir / "summary.json").get("status")
+            if status in FINISHED:
+                print(f"{run_dir}: the run already ended ({status}); nothing to resume")
+                return 0
+        spec = load_run_spec(run_dir)
+        check_writable(run_dir)
+    else:
+        if not args.spec:
+            parser.error("the experiment spec is required (or --resume RUN_DIR)")
+        refuse_sweep_file(Path(args.spec))
+        spec = load_spec(args.spec, args.overrides)
+        if args.print:
+            print(spec_to_yaml(spec), end="")
+            return 0
+        run_dir = new_run_dir(Path(args.results or "results").expanduser(), spec.name, create=False)
+
+    from ..distributed import main_value, process_group
+    from ..tracking import build_tracker
+    from ..train.loop import fit
+
+    # Under torchrun: one process per rank, DDP; rank 0 names the folder, writes and reports.
+    with process_group(spec.train.device, spec.train.threads) as ranks:
+        run_dir = main_value(run_dir)
+        say = print if ranks.is_main else (lambda *args, **kwargs: None)
+        say(f"run folder: {run_dir}", flush=True)
+        tracker = build_tracker(spec, run_dir) if ranks.is_main else None
+        result = fit(spec, run_dir, tracker=tracker, resume=bool(args.resume))
+    s = result.metrics
+    say(f"status: {result.status}")
+    say(f"best val/dice: {s['val/dice']:.4f} (epoch {result.best_epoch})")
+    if spec.train.final_test:
+        say(f"test/dice: {s['test/dice']:.4f}  test/dice_global: {s['test/dice_global']:.4f}  test/iou: {s['test/iou']:.4f}")
+    else:
+        say("test split not evaluated (train.final_test: false)")
+    say(f"results: {run_dir} (metrics.csv, summary.json, curves.png, predictions.png, checkpoints/)")
+    if result.status == "interrupted":
+        # last.pt holds every batch done, so nothing is lost (see segsweep.train.fit).
+        launcher = f"torchrun --nproc_per_node={ranks.local_world_size} -m segsweep" if ranks.world_size > 1 else "segsweep"
+        say(f"resume with: {launcher} run --resume {run_dir}", file=sys.stderr)
+        return 128 + (result.signal or signal.SIGINT)
+    if result.status in ("diverged", "failed"):
+        say(f"run {result.status}: {s.get('error', '')}", file=sys.stderr)
+        return 1
+    return 0
+

@@ -1,0 +1,51 @@
+"""Datasets found by name (`data.name`, `DATASETS`): each entry turns the spec's `data` section
+into the files of the train, val and test splits.
+
+Adding a dataset is one file: a function `(data: DataSpec) -> {"train": SplitSource, "val": ...,
+"test": ...}` decorated `@DATASETS.register("name")` (build the splits with `oxford_splits` or
+`folder_splits`, or `SplitSource` directly).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import DataError
+from ..registry import Registry
+from ..spec import DataSpec
+from .sources import SplitSource, download_oxford_pet, folder_splits, has_oxford_layout, oxford_splits
+from .synthetic import ensure_synthetic
+
+DATASETS = Registry("dataset")
+
+
+def build_sources(data: DataSpec) -> dict[str, SplitSource]:
+    """The files of each split; generates synthetic data or downloads Oxford pets when asked."""
+    return DATASETS.get(data.name)(data)
+
+
+@DATASETS.register("oxford_pet")
+def oxford_pet(data: DataSpec) -> dict[str, SplitSource]:
+    """The Oxford-IIIT Pet dataset (trimaps), downloaded with `data.download=true`."""
+    root = Path(data.root).expanduser()
+    if not has_oxford_layout(root):
+        if not data.download:
+            what = "has no Oxford-IIIT Pet layout (images/, annotations/)" if root.exists() else "not found"
+            raise DataError(f"{root}: data root {what}; point data.root at the dataset "
+                            "or set data.download=true")
+        download_oxford_pet(root)
+    return oxford_splits(root, data.val_every, data.mask)
+
+
+@DATASETS.register("synthetic")
+def synthetic(data: DataSpec) -> dict[str, SplitSource]:
+    """Procedural shapes written in the Oxford layout (`data.synthetic`), generated on first use."""
+    root = Path(data.root).expanduser()
+    ensure_synthetic(root, data.synthetic)
+    return oxford_splits(root, data.val_every, data.mask, dataset="synthetic")
+
+
+@DATASETS.register("folder")
+def folder(data: DataSpec) -> dict[str, SplitSource]:
+    """Users' own `images/` + `masks/` with matching stems (`data.folder`)."""
+    root = Path(data.root).expanduser()
+    return folder_splits(root, data.folder.val_fraction, data.folder.test_fraction, data.folder.foreground_value)

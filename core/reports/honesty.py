@@ -1,0 +1,142 @@
+"""The "Honesty and method" section of an ablation report: checks on the records that its
+claims rest on (selection on validation, equal budgets, seeds, the Dice definition, diverged
+and failed runs, provenance)."""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ..format import fmt_float, format_level
+from .design import Study
+from .inference import ArmSummary
+from .markdown import distinct, table
+from .records import RunRecord
+
+
+def honesty_lines(study: Study, summaries: Sequence[ArmSummary], sweep: Mapping[str, Any]) -> list[str]:
+    """Checks on the records that the claims in the report rest on."""
+    counted = [r for a in study.arms for r in a.by_seed.values()]
+    lines = ["## Honesty and method", ""]
+    lines += _selection_lines(counted)
+    lines += _budget_lines(summaries)
+    lines.append(_seeds_line(study, sweep))
+    lines.append(_dice_line(counted))
+    lines.append(_outcome_line(study))
+    provenance = _provenance(counted)
+    if provenance:
+        lines.append(f"- **Provenance:** {'; '.join(provenance)}.")
+    return lines + [""]
+
+
+def _selection_lines(counted: Sequence[RunRecord]) -> list[str]:
+    """Checkpoint selection on validation; test evaluated once, on that checkpoint."""
+    mismatched, peeked, no_curve = [], [], 0
+    for run in counted:
+        epochs, val = run.curve.get("epoch", ()), np.array(run.curve.get("val/dice", ()), dtype=float)
+        if any(col.startswith("test/") for col in run.curve):
+            peeked.append(run)
+        if not len(val) or not np.isfinite(val).any():
+            no_curve += 1
+            continue
+        best = int(epochs[int(np.nanargmax(val))])
+        if run.number("best_epoch") != best:
+            recorded = format_level(run.summary.get("best_epoch"))
+            mismatched.append(f"{run.run_dir.name} (best_epoch {recorded}, val/dice peaks at {best})")
+    if mismatched:
+        check = f"**{len(mismatched)} run(s) whose `best_epoch` is not the val/dice peak**: {', '.join(mismatched)}"
+    else:
+        check = (f"in all {len(counted) - no_curve} runs with a val curve, `best_epoch` is the epoch of the "
+                 "highest val/dice")
+    return [
+        "- **Model selection on validation only.** Each run's checkpoint was chosen by val/dice and the test "
+        f"split was evaluated once, on that checkpoint (trainer contract); check: {check}.",
+        "- **Test split not used per epoch:** " + (
+            "no `metrics.csv` has a `test/*` column." if not peeked
+            else f"**{len(peeked)} run(s) log test metrics per epoch** ({', '.join(r.run_dir.name for r in peeked)}): "
+                 "if those were used to choose anything, the test numbers are optimistic."
+        ),
+    ]
+
+
+def _budget_lines(summaries: Sequence[ArmSummary]) -> list[str]:
+    """Whether every arm had the same epochs, time budget and early stopping (a table if not)."""
+    budget_rows = []
+    for s in summaries:
+        cfg = s.arm.config
+        budget_rows.append((
+            s.arm.id, format_level(cfg.get("train.epochs")), format_level(cfg.get("train.time_budget_s")),
+            format_level(cfg.get("train.early_stopping_patience")), fmt_float(s.epochs_run, 1), fmt_float(s.wall_s, 1),
+        ))
+    notes = []
+    for col, what in ((1, "configured epochs"), (2, "time budgets"), (3, "early-stopping patience"), (4, "epochs run")):
+        values = sorted({row[col] for row in budget_rows})
+        if len(values) > 1:
+            notes.append(f"{what} differ across arms ({', '.join(values)})")
+    walls = [s.wall_s for s in summaries if math.isfinite(s.wall_s)]
+    ratio = ""
+    if walls and min(walls) > 0:
+        ratio = f"; mean wall time ranges {min(walls):.1f}–{max(walls):.1f} s (max/min {max(walls) / min(walls):.2f})"
+    lines = [
+        "- **Budgets:** " + ("equal across arms (same configured epochs, time budget, early stopping and epochs run)"
+                             if not notes else "**not equal**: " + "; ".join(notes)) + ratio + "."
+    ]
+    if notes:
+        header = ["arm", "train.epochs", "train.time_budget_s", "early stopping", "epochs run (mean)", "wall s (mean)"]
+        lines += [""] + table(header, budget_rows)
+    return lines
+
+
+def _seeds_line(study: Study, sweep: Mapping[str, Any]) -> str:
+    expected = sweep.get("seeds") if isinstance(sweep.get("seeds"), list) else None
+    all_seeds = sorted(set(expected or []) | {s for a in study.arms for s in a.by_seed})
+    short = [f"{a.id} lacks seed(s) {', '.join(map(str, sorted(set(all_seeds) - set(a.by_seed))))}"
+             for a in study.arms if set(a.by_seed) != set(all_seeds)]
+    return (
+        f"- **Seeds:** {', '.join(map(str, all_seeds))}" + (" in every arm" if not short else "; " + "; ".join(short) +
+        " (comparisons use only seeds present in every arm involved)") + "."
+    )
+
+
+def _dice_line(counted: Sequence[RunRecord]) -> str:
+    """The Dice definition, and its consistency with the per-image file."""
+    inconsistent = []
+    for run in counted:
+        if run.per_image and not run.imputed:
+            mean = float(np.mean(list(run.per_image.values())))
+            if abs(mean - run.test_dice) > 1e-4:
+                inconsistent.append(f"{run.run_dir.name} ({mean:.4f} vs {run.test_dice:.4f})")
+    return (
+        "- **Dice:** `test/dice` is the mean over test images of per-image Dice at threshold 0.5 (an image with "
+        "empty mask and empty prediction scores 1; ignored pixels skipped); `test/dice_global` (Dice of the pixel "
+        "counts pooled over the test set) is shown beside it in the arms table. "
+        + ("Per-image files agree with `test/dice` in every run that has one." if not inconsistent
+           else f"**Per-image files disagree with `test/dice`** in {', '.join(inconsistent)}.")
+    )
+
+
+def _outcome_line(study: Study) -> str:
+    return (
+        "- **Diverged and failed runs:** a diverged run (NaN) is an outcome of its arm: it counts in every mean and "
+        "comparison with the test Dice the trainer recorded for its best-on-validation checkpoint, or 0 on every "
+        "test image when none was recorded. Failed, interrupted and pruned runs are not outcomes of the arm "
+        "(crash, kill, sweep pruning): they are shown in the counts and left out of means and comparisons."
+        + (f" {len(study.duplicates)} counted run(s) were repeated for the same arm and seed; "
+           "the latest folder is used."
+           if study.duplicates else "")
+    )
+
+
+def _provenance(counted: Sequence[RunRecord]) -> list[str]:
+    """git, device, precision and torch version of the counted runs, flagged when mixed."""
+    prov = []
+    for key, label in (("git_sha", "git"), ("device", "device"), ("precision", "precision")):
+        values = distinct(r.summary.get(key) for r in counted)
+        if values:
+            prov.append(f"{label} {', '.join(values)}" + (" (**mixed**)" if len(values) > 1 else ""))
+    versions = [r.summary.get("versions") for r in counted]
+    torch_versions = distinct(v.get("torch") for v in versions if isinstance(v, dict))
+    if torch_versions:
+        prov.append(f"torch {', '.join(torch_versions)}" + (" (**mixed**)" if len(torch_versions) > 1 else ""))
+    return prov

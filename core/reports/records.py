@@ -1,0 +1,243 @@
+"""Run records for reports: find run folders, read each one's files, apply the outcome rule.
+
+Also reads what a sweep folder holds beside its runs: the resolved `sweep.yaml` and the
+Optuna study in its storage. Any unusable file raises `ReportError` naming it.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import yaml
+
+from ..errors import SegsweepError
+from ..schema import COUNTED_STATUSES, STATUSES
+from ..spec import flatten
+
+METRICS_COLUMNS = ("epoch", "val/dice")  # the metrics.csv columns a report needs
+
+
+class ReportError(SegsweepError):
+    """Run records cannot be found or read, or the report was asked for something they lack."""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One run folder as read from disk, with the outcome rule applied.
+
+    A diverged run is an outcome of its arm: it counts with the test Dice the trainer recorded
+    (its best-on-val checkpoint) when that is finite, else with 0 on every test image (a model
+    that outputs NaN segments nothing). `imputed` marks the second case.
+    """
+
+    run_dir: Path
+    config: dict[str, Any]  # flattened resolved spec
+    summary: dict[str, Any]
+    curve: dict[str, tuple[float, ...]]  # metrics.csv column -> values per epoch row
+    per_image: dict[str, float] | None  # image_id -> Dice, from test_per_image.csv
+    seed: int
+    status: str
+    test_dice: float  # outcome rule applied; nan for runs that are not counted
+    test_dice_global: float
+    val_dice: float
+    imputed: bool
+
+    @property
+    def counted(self) -> bool:
+        return self.status in COUNTED_STATUSES
+
+    def number(self, key: str) -> float:
+        value = self.summary.get(key)
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+
+
+def find_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
+    """Every folder holding a `summary.json` below `paths` (recursive), sorted, deduplicated."""
+    found: dict[Path, Path] = {}
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise ReportError(f"{path}: no such file or folder")
+        if path.is_file():
+            if path.name != "summary.json":
+                raise ReportError(f"{path}: expected a sweep or run folder (or a summary.json)")
+            candidates = [path]
+        else:
+            candidates = sorted(path.rglob("summary.json"))
+        for summary in candidates:
+            found.setdefault(summary.parent.resolve(), summary.parent)
+    if not found:
+        where = ", ".join(str(p) for p in paths)
+        raise ReportError(f"{where}: no runs found (no summary.json in or below these folders)")
+    return [found[key] for key in sorted(found)]
+
+
+def _float(text: str, where: str) -> float:
+    try:
+        return float(text) if text.strip() else math.nan
+    except ValueError:
+        raise ReportError(f"{where}: {text!r} is not a number") from None
+
+
+def _read_csv(path: Path, required: Sequence[str]) -> tuple[list[dict[str, str]], list[str]]:
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+            columns = reader.fieldnames or []
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ReportError(f"{path}: unreadable CSV: {exc}") from None
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise ReportError(f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(columns) or 'none'}")
+    return rows, list(columns)
+
+
+def _read_curve(path: Path) -> dict[str, tuple[float, ...]]:
+    if not path.is_file():
+        return {}
+    rows, columns = _read_csv(path, METRICS_COLUMNS)
+    return {
+        col: tuple(_float(row.get(col) or "", f"{path}: line {i + 2}: {col}") for i, row in enumerate(rows))
+        for col in columns
+    }
+
+
+def _read_per_image(path: Path) -> dict[str, float] | None:
+    if not path.is_file():
+        return None
+    per_image: dict[str, float] = {}
+    for i, row in enumerate(_read_csv(path, ("image_id", "dice"))[0]):
+        image = row["image_id"]
+        if image in per_image:
+            raise ReportError(f"{path}: line {i + 2}: image_id {image!r} appears twice")
+        per_image[image] = _float(row["dice"], f"{path}: line {i + 2}: dice")
+    return per_image
+
+
+def load_run(run_dir: str | Path) -> RunRecord:
+    """Read one run folder; any unusable file raises `ReportError` naming it."""
+    run_dir = Path(run_dir)
+    summary_path = run_dir / "summary.json"
+    summary = _read_summary(summary_path)
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise ReportError(f"{config_path}: missing; every run folder needs its resolved spec")
+    config = flatten(_read_yaml_mapping(config_path, "config", "expected a mapping of sections"))
+    seed = config.get("seed", summary.get("seed"))
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ReportError(f"{config_path}: seed: expected an integer, got {seed!r}")
+
+    record = RunRecord(
+        run_dir=run_dir, config=config, summary=summary,
+        curve=_read_curve(run_dir / "metrics.csv"),
+        per_image=_read_per_image(run_dir / "test_per_image.csv"),
+        seed=seed, status=summary["status"], test_dice=math.nan, test_dice_global=math.nan,
+        val_dice=math.nan, imputed=False,
+    )
+    return _apply_outcome_rule(record, summary_path)
+
+
+def _read_summary(summary_path: Path) -> dict[str, Any]:
+    """summary.json, checked: a known status and numbers (or null) where numbers belong."""
+    summary = _read_mapping(summary_path, "summary", json.loads, json.JSONDecodeError,
+                            lambda data: f"expected a JSON object, got {type(data).__name__}")
+    status = summary.get("status")
+    if status not in STATUSES:
+        raise ReportError(f"{summary_path}: status {status!r} is not one of {', '.join(sorted(STATUSES))}")
+    for key in ("test/dice", "test/dice_global", "val/dice", "best_epoch", "epochs_run", "wall_s"):
+        value = summary.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ReportError(f"{summary_path}: {key}: expected a number or null, got {value!r}")
+    return summary
+
+
+def _read_yaml_mapping(path: Path, what: str, expected: str) -> dict[str, Any]:
+    return _read_mapping(path, what, yaml.safe_load, yaml.YAMLError, lambda _: expected)
+
+
+def _read_mapping(path: Path, what: str, load: Callable[[str], Any], error: type[Exception],
+                  expected: Callable[[Any], str]) -> dict[str, Any]:
+    """The mapping `load` parses from `path`; anything else is a `ReportError` saying `what` it was."""
+    try:
+        data = load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, error) as exc:
+        raise ReportError(f"{path}: unparseable {what}: {(str(exc).splitlines() or [''])[0]}") from None
+    if not isinstance(data, dict):
+        raise ReportError(f"{path}: unparseable {what}: {expected(data)}")
+    return data
+
+
+def _apply_outcome_rule(run: RunRecord, summary_path: Path) -> RunRecord:
+    test, glob, val = run.number("test/dice"), run.number("test/dice_global"), run.number("val/dice")
+    if run.status == "completed":
+        if not math.isfinite(test):
+            raise ReportError(f"{summary_path}: status completed but test/dice is {run.summary.get('test/dice')!r}")
+        return replace(run, test_dice=test, test_dice_global=glob, val_dice=val)
+    if run.status == "diverged":
+        imputed = not math.isfinite(test)
+        return replace(
+            run,
+            test_dice=0.0 if imputed else test,
+            test_dice_global=0.0 if imputed or not math.isfinite(glob) else glob,
+            val_dice=val if math.isfinite(val) else 0.0,
+            imputed=imputed,
+        )
+    return run
+
+
+def load_runs(paths: Sequence[str | Path]) -> list[RunRecord]:
+    """All run records below `paths`, in sorted folder order."""
+    return [load_run(d) for d in find_run_dirs(paths)]
+
+
+def read_sweep_spec(sweep_dir: Path) -> dict[str, Any]:
+    """The resolved `sweep.yaml` in `sweep_dir`, or {} when there is none."""
+    path = sweep_dir / "sweep.yaml"
+    if not path.is_file():
+        return {}
+    return _read_yaml_mapping(path, "sweep spec", "expected a mapping")
+
+
+def load_optuna_study(sweep_dir: Path, sweep: Mapping[str, Any]) -> tuple[Any, str]:
+    """The sweep's Optuna study (journal.log in the sweep folder, or sweep.yaml optuna.storage),
+    or (None, why not)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    opt = sweep.get("optuna") if isinstance(sweep.get("optuna"), Mapping) else {}
+    setting = opt.get("storage") if isinstance(opt.get("storage"), str) else None
+    journal = sweep_dir / "journal.log"
+    if journal.is_file():
+        storage: Any = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+        where = "journal.log"
+    elif setting and "://" in setting:
+        from ..sweeps.storage import resolve_rdb_url
+
+        storage, where = resolve_rdb_url(setting), setting
+    elif setting and (Path(setting).is_file() or (sweep_dir / setting).is_file()):
+        path = Path(setting) if Path(setting).is_file() else sweep_dir / setting  # as given, or beside sweep.yaml
+        storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+        where = setting
+    else:
+        return None, "no Optuna storage found (no journal.log in the sweep folder, no optuna.storage in sweep.yaml)"
+    try:
+        names = sorted(optuna.get_all_study_names(storage))
+    except Exception as exc:  # any storage problem is a note in the report, not a failure
+        return None, f"Optuna storage {where} could not be opened: {type(exc).__name__}: {exc}"
+    if not names:
+        return None, f"Optuna storage {where} holds no study"
+    wanted = [opt.get("study_name"), sweep.get("name"), sweep_dir.name]
+    name = next((n for n in wanted if n in names), names[0])
+    return optuna.load_study(study_name=name, storage=storage), f"study {name!r} in {where}"
+
+
+def completed_trials(study: Any) -> list[Any]:
+    """The study's trials that completed (they hold a value), in trial order."""
+    import optuna
+
+    return [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]

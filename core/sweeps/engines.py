@@ -1,0 +1,96 @@
+"""Sweep engines, found by name in `SWEEP_ENGINES`, and `run_sweep`, which loads a sweep file and
+hands it to one.
+
+An engine is a function `(sweep, *, workers, storage, results, sweep_id, fit_fn, echo) ->
+SweepOutcome`; adding one is a module with that function plus its registration:
+
+    @SWEEP_ENGINES.register("mine")
+    def run_mine(sweep, *, workers, storage, results, sweep_id, fit_fn, echo): ...
+
+The built-in engines import their module (and Optuna or W&B) only when they run, so listing the
+names (`segsweep sweep --help`) stays light.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from ..errors import SweepError
+from ..registry import Registry
+from .cells import Sweep
+from .spec import load_sweep
+
+log = logging.getLogger(__name__)
+
+FitFn = Callable[..., Any]  # segsweep.train.fit's signature: (spec, run_dir, tracker=, on_epoch_end=) -> RunResult
+Echo = Callable[[str], None]
+
+SWEEP_ENGINES = Registry("sweep engine")
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    sweep_dir: Path
+    rows: list[dict[str, Any]]
+    pending: int  # grid cells x seeds not yet held by a trial (a rerun runs them); 0 when done
+    exit_code: int  # 0 done, 1 some cells need a rerun, 130 interrupted
+
+
+def real_fit() -> FitFn:
+    """`segsweep.train.fit`, imported when a trial first needs it (it brings torch)."""
+    from ..train import fit
+
+    return fit
+
+
+def trial_tracker(spec: Any, run_dir: Path) -> Any:
+    """The trial's tracker, or None when nothing is tracked (fit then skips prediction grids)."""
+    from ..tracking import Tracker, build_tracker
+
+    tracker = build_tracker(spec, run_dir)
+    return None if type(tracker) is Tracker else tracker
+
+
+@SWEEP_ENGINES.register("optuna")
+def run_with_optuna(sweep: Sweep, **options: Any) -> SweepOutcome:
+    """Optuna (the default): offline, N worker processes, many machines on one storage."""
+    from .optuna_engine import run_optuna_sweep
+
+    return run_optuna_sweep(sweep, **options)
+
+
+@SWEEP_ENGINES.register("wandb")
+def run_with_wandb(sweep: Sweep, **options: Any) -> SweepOutcome:
+    """W&B's sweep server and agent (needs network and credentials)."""
+    from .wandb_engine import run_wandb_sweep
+
+    return run_wandb_sweep(sweep, **options)
+
+
+def run_sweep(
+    path: str | Path,
+    overrides: Sequence[str] | Mapping[str, Any] = (),
+    *,
+    workers: int = 1,
+    storage: str | None = None,
+    results: str | Path = "results",
+    engine: str = "optuna",
+    sweep_id: str | None = None,
+    fit_fn: FitFn | None = None,
+    echo: Echo | None = None,
+) -> SweepOutcome:
+    """Run (or join, or resume) the sweep in `path` with the engine named `engine`; see
+    `segsweep sweep --help` for the command line.
+
+    `fit_fn` replaces `segsweep.train.fit` (tests); it must be picklable when `workers > 1`.
+    `echo` receives the lines the command prints (default: logged at INFO).
+    """
+    if workers < 1:
+        raise SweepError(f"--workers {workers}: expected at least 1")
+    if engine not in SWEEP_ENGINES:
+        raise SweepError(f"--engine {engine}: expected {' or '.join(SWEEP_ENGINES.names())}")
+    sweep = load_sweep(path, overrides)
+    return SWEEP_ENGINES.get(engine)(sweep, workers=workers, storage=storage, results=Path(results),
+                                     sweep_id=sweep_id, fit_fn=fit_fn, echo=echo or log.info)

@@ -1,0 +1,123 @@
+"""What a sweep leaves and shows: trials.csv rebuilt from the storage, the ranked console summary,
+the disk its trial runs use, and the closing lines of the command."""
+from __future__ import annotations
+
+import math
+import os
+import statistics
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from ..record import atomic_write_text, csv_text
+from .cells import Sweep, base_values
+
+TRIAL_COLUMNS = ("seed", "cell", "state", "status", "value", "val/dice", "test/dice", "epochs", "wall_s",
+                 "config_hash", "host", "run_dir")
+
+
+def trial_rows(trials: Sequence[FrozenTrial], sweep: Sweep) -> tuple[list[str], list[dict[str, Any]]]:
+    """(columns, rows) of trials.csv: one row per trial, params filled from the base experiment."""
+    params: list[str] = []
+    for key in [*(k for c in sweep.cells for k in c.overrides), *sweep.searched]:
+        if key not in params:
+            params.append(key)
+    for trial in trials:
+        for key in trial.user_attrs.get("overrides") or {}:
+            if key not in params:
+                params.append(key)
+    base = base_values(sweep)
+    rows = []
+    for t in sorted(trials, key=lambda t: t.number):
+        a = t.user_attrs
+        overrides = a.get("overrides") or {}
+        status = a.get("status")
+        if t.state == TrialState.FAIL and status in (None, "running"):
+            status = "stale"  # its worker died; a retry (or the next run of the command) takes the cell
+        elif t.state in (TrialState.WAITING, TrialState.RUNNING):
+            status = t.state.name.lower()
+        rows.append({
+            "number": t.number, **{k: overrides.get(k, t.params.get(k, base.get(k))) for k in params},
+            "seed": a.get("seed"), "cell": a.get("cell"), "state": t.state.name, "status": status,
+            "value": t.value if t.state == TrialState.COMPLETE else None, "val/dice": a.get("val/dice"),
+            "test/dice": a.get("test/dice"), "epochs": a.get("epochs"), "wall_s": a.get("wall_s"),
+            "config_hash": a.get("config_hash"), "host": a.get("host"), "run_dir": a.get("run_dir"),
+        })
+    return ["number", *params, *TRIAL_COLUMNS], rows
+
+
+def write_trials_csv(storage: BaseStorage, study_id: int, sweep: Sweep, sweep_dir: Path) -> list[dict[str, Any]]:
+    """Rebuild `trials.csv` from the storage (atomically: readers never see half a file)."""
+    columns, rows = trial_rows(storage.get_all_trials(study_id, deepcopy=False), sweep)
+    text = csv_text(columns, [{k: ("" if v is None else v) for k, v in row.items()} for row in rows])
+    atomic_write_text(sweep_dir / "trials.csv", text)
+    return rows
+
+
+def summarize(rows: Sequence[Mapping[str, Any]], sweep: Sweep, top: int = 20) -> list[str]:
+    """Console summary: cells ranked by mean val/dice +- std across seeds (completed trials)."""
+    cells: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        if row["cell"] is None or row["status"] == "duplicate":
+            continue
+        cell = cells.setdefault(row["cell"], {"val": [], "test": [], "other": {}})
+        if row["state"] == "COMPLETE" and row["val/dice"] is not None:
+            cell["val"].append(float(row["val/dice"]))
+            if row["test/dice"] is not None:
+                cell["test"].append(float(row["test/dice"]))
+        elif row["state"] != "COMPLETE":
+            cell["other"][row["status"]] = cell["other"].get(row["status"], 0) + 1
+    ranked = sorted(cells.items(), key=lambda kv: -statistics.fmean(kv[1]["val"]) if kv[1]["val"] else math.inf)
+    if not ranked:
+        return ["no trials yet"]
+    width = min(60, max(len(label) for label in cells))
+    seeds = len(sweep.seeds) if sweep.method == "grid" else 1
+    lines = [f"{'':>3} {'cell':<{width}}  val/dice (mean ± std, n)   test/dice"]
+    for rank, (label, c) in enumerate(ranked[:top], 1):
+        if c["val"]:
+            std = statistics.stdev(c["val"]) if len(c["val"]) > 1 else 0.0
+            test = f"{statistics.fmean(c['test']):.4f}" if c["test"] else "-"
+            score = f"{statistics.fmean(c['val']):.4f} ± {std:.4f}  n={len(c['val'])}/{seeds}"
+        else:
+            score, test = f"{'-':<24}", "-"
+        notes = ", ".join(f"{n} {s}" for s, n in sorted(c["other"].items()))
+        lines.append(f"{rank:>3} {label[:width]:<{width}}  {score}   {test}" + (f"   ({notes})" if notes else ""))
+    if len(ranked) > top:
+        lines.append(f"    ... {len(ranked) - top} more cells in trials.csv")
+    return lines
+
+
+def disk_usage(folder: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(root, name))
+            except OSError:
+                pass
+    return total
+
+
+def human_size(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
+        size /= 1024
+    return f"{size:.1f} GB"
+
+
+def closing_lines(rows: Sequence[Mapping[str, Any]], sweep: Sweep, sweep_dir: Path, pending: int) -> list[str]:
+    """What the command prints when the Optuna engine is done: summary, disk, trials.csv, what is left."""
+    lines = summarize(rows, sweep)
+    runs = sweep_dir / "runs"
+    kept = "kept" if sweep.spec.keep_last else "deleted after each trial"
+    lines.append(f"disk used by trial runs: {human_size(disk_usage(runs))} in {runs} (best.pt kept for every trial; "
+                 f"last.pt {kept})")
+    lines.append(f"trials: {sweep_dir / 'trials.csv'}")
+    if pending:
+        what = "cell x seed trial(s)" if sweep.method == "grid" else "trial(s) of run_cap"
+        lines.append(f"{pending} {what} not done (waiting, failed, interrupted or stale): rerun the same command to "
+                     "run them")
+    return lines

@@ -1,0 +1,194 @@
+"""Where a sweep's study lives: a journal file (with heartbeats) or an RDB URL, opened with retries.
+
+This is the one module that touches Optuna's private API (`optuna.storages._heartbeat`,
+`_CachedStorage`, `_get_stale_trial_ids`, `_trial_id`); each use sits behind a small function
+here, and tests/test_sweeps.py exercises every one on the Optuna versions pyproject allows.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback, _CachedStorage
+from optuna.storages._heartbeat import BaseHeartbeat  # Optuna's extension point for storages with heartbeats
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
+
+from ..errors import SweepError
+from .spec import OptunaSpec
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_ATTR = "segsweep:heartbeat"  # system attr: last heartbeat (epoch seconds) of a journal trial
+
+
+class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
+    """Optuna's JournalStorage with the heartbeat Optuna 5 gives only to RDBStorage.
+
+    A running trial's worker stamps `HEARTBEAT_ATTR` into the trial's system attrs every
+    `heartbeat_interval` seconds (one journal line each); a RUNNING trial whose last stamp (or
+    start, whichever is later) is older than `grace_period` is stale, and Optuna's own
+    `fail_stale_trials` fails it and calls the retry callback, exactly as with an RDB.
+    """
+
+    def __init__(self, backend: JournalFileBackend, heartbeat_interval: int, grace_period: int,
+                 stale_callback: Callable[[optuna.Study, FrozenTrial], None] | None) -> None:
+        super().__init__(backend)
+        self.heartbeat_interval = heartbeat_interval
+        self.grace_period = grace_period
+        self._stale_callback = stale_callback
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            self.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
+        except (UpdateFinishedTrialError, KeyError):
+            pass  # the trial finished (or was failed as stale) meanwhile
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        now = time.time()
+        stale = []
+        for trial in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+            # A retried trial inherits its predecessor's stamp: its own start counts too.
+            started = trial.datetime_start.timestamp() if trial.datetime_start else now
+            last = max(float(trial.system_attrs.get(HEARTBEAT_ATTR, 0.0)), started)
+            if now - last > self.grace_period:
+                stale.append(trial_id(trial))
+        return stale
+
+    def get_heartbeat_interval(self) -> int:
+        return self.heartbeat_interval
+
+    def get_heartbeat_stale_trial_callback(self) -> Callable[[optuna.Study, FrozenTrial], None] | None:
+        return self._stale_callback
+
+
+def is_rdb_url(location: str) -> bool:
+    return "://" in location or location.startswith("sqlite:")
+
+
+def masked_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    if "://" not in url or "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}" if ":" in creds else url
+
+
+def resolve_rdb_url(url: str) -> str:
+    """`postgresql://` means psycopg 3 to SQLAlchemy >= 2.1; use psycopg2 (our `postgres` extra) when only it is here."""
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None \
+            and importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    return url
+
+
+def check_storage_for_workers(location: str, workers: int) -> None:
+    if location.startswith("sqlite") and workers > 1:
+        raise SweepError(
+            f"--storage {location} with --workers {workers}: SQLite locks the whole database file on every write, "
+            "so parallel workers fail with 'database is locked'; omit --storage (a journal file in the sweep "
+            "folder serves any number of workers on one machine) or use PostgreSQL/MySQL, e.g. "
+            "--storage postgresql://user@host/db (pip install 'segsweep[postgres]')")
+
+
+def open_storage(location: str, spec: OptunaSpec) -> BaseStorage:
+    """An RDB URL (sqlite:, postgresql:, mysql:) or a journal file path, with heartbeats and retries."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        retry = RetryHeartbeatStaleTrialCallback(max_retry=spec.max_retry)
+        if not is_rdb_url(location):
+            path = Path(location)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                backend = JournalFileBackend(str(path))
+            except OSError as exc:
+                raise SweepError(f"storage {path}: cannot open the journal file ({exc.strerror or exc})") from None
+            return HeartbeatJournalStorage(backend, spec.heartbeat_interval, spec.grace_period, retry)
+        engine_kwargs: dict[str, Any] = {}
+        if location.startswith(("postgresql", "mysql")):
+            engine_kwargs["connect_args"] = {"connect_timeout": 10}
+        url = resolve_rdb_url(location)
+        try:
+            rdb = RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=spec.heartbeat_interval,
+                             grace_period=spec.grace_period, heartbeat_stale_trial_callback=retry)
+        except ImportError:
+            raise SweepError(f"storage {masked_url(location)}: its database driver is not installed; "
+                             "for PostgreSQL: pip install 'segsweep[postgres]'") from None
+        except Exception as exc:  # sqlalchemy's errors: bad URL, server down, wrong credentials
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise SweepError(f"storage {masked_url(location)}: cannot open ({reason}); check the URL and that the "
+                             "database server is running and reachable") from None
+        # What Optuna itself wraps every RDB study in; one object for the study and our claims.
+        return _CachedStorage(rdb)
+
+
+# --------------------------------------------------------------------------- trials in a storage
+
+
+def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
+    """The storage's id of a trial (what every storage call takes; `number` is per study)."""
+    return trial._trial_id
+
+
+def is_retry(trial: FrozenTrial) -> bool:
+    """Whether Optuna's retry callback created `trial` to re-run a stale one."""
+    return "failed_trial" in trial.system_attrs
+
+
+def claim_waiting(study: optuna.Study, storage: BaseStorage, study_id: int) -> optuna.Trial | None:
+    """Take one WAITING trial: the storage's WAITING -> RUNNING update succeeds for one caller only.
+
+    RDBStorage does it under SELECT ... FOR UPDATE and returns False when the row is no longer
+    WAITING; JournalStorage appends the update to the log and replays it in log order, so only
+    the first RUNNING record of a WAITING trial takes effect. This is what `Study.ask` does,
+    without its fallback of creating a fresh trial when the queue is empty.
+    """
+    for frozen in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)):
+        try:
+            if storage.set_trial_state_values(trial_id(frozen), state=TrialState.RUNNING):
+                return optuna.Trial(study, trial_id(frozen))
+        except UpdateFinishedTrialError:
+            continue
+    return None
+
+
+def heartbeat_interval(storage: BaseStorage) -> int | None:
+    """Seconds between heartbeats, or None for a storage without them."""
+    return storage.get_heartbeat_interval() if isinstance(storage, BaseHeartbeat) else None
+
+
+class Heartbeat:
+    """Stamp a running trial's heartbeat now and every `interval` seconds, until exit."""
+
+    def __init__(self, storage: BaseStorage, trial_id: int) -> None:
+        self.storage, self.trial_id = storage, trial_id
+        self.interval = heartbeat_interval(storage)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "Heartbeat":
+        if self.interval:
+            self.storage.record_heartbeat(self.trial_id)  # type: ignore[attr-defined]
+            self._thread = threading.Thread(target=self._beat, name="segsweep-heartbeat", daemon=True)
+            self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.storage.record_heartbeat(self.trial_id)  # type: ignore[attr-defined]
+            except Exception as exc:  # a storage hiccup: the next beat may succeed; grace covers a few misses
+                log.warning(f"warning: heartbeat of trial {self.trial_id} failed: {exc}")
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()

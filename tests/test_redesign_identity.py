@@ -1,0 +1,65 @@
+"""Behaviour unchanged by the redesign: values recorded at 088c932 (main before it) must hold.
+
+tests/fixtures/before_redesign.json holds, from that commit: the config_hash and arm_hash of
+every committed experiment and every sweep cell x seed, and a deterministic CPU quickstart run's
+metrics.csv (every column but the wall-clock ones), best.pt weights (sha256 per tensor) and
+summary. The run pins the CPU kernels to AVX2 (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA and
+MKL's conditional numerical reproducibility), so AMD (AVX2) and Intel (AVX-512) machines
+compute the same bits.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from segsweep.spec import arm_hash, config_hash, load_spec
+from segsweep.sweeps.cells import cell_config_hash
+from segsweep.sweeps.spec import load_sweep
+
+REPO = Path(__file__).resolve().parents[1]
+BEFORE = json.loads((REPO / "tests" / "fixtures" / "before_redesign.json").read_text())
+
+
+@pytest.mark.parametrize("name", sorted(BEFORE["experiments"]))
+def test_experiment_hashes_unchanged(name: str) -> None:
+    spec = load_spec(REPO / "experiments" / name)
+    assert {"config_hash": config_hash(spec), "arm_hash": arm_hash(spec)} == BEFORE["experiments"][name]
+
+
+@pytest.mark.parametrize("name", sorted(BEFORE["sweep_cells"]))
+def test_sweep_cell_hashes_unchanged(name: str) -> None:
+    sweep, want = load_sweep(REPO / "sweeps" / name), BEFORE["sweep_cells"][name]
+    got = {f"{c.label}|{seed}": list(cell_config_hash(sweep, c, seed)) for c in sweep.cells for seed in sweep.seeds}
+    assert sweep.hash == want["sweep_hash"]
+    assert got == want["cells"]
+
+
+def test_every_committed_file_is_in_the_fixture() -> None:
+    assert sorted(p.name for p in (REPO / "experiments").glob("*.yaml")) >= sorted(BEFORE["experiments"])
+    assert sorted(p.name for p in (REPO / "sweeps").glob("*.yaml")) >= sorted(BEFORE["sweep_cells"])
+
+
+def test_deterministic_quickstart_is_bit_identical(tmp_path: Path) -> None:
+    want = BEFORE["quickstart"]
+    env = {**os.environ, **want["env"]}
+    args = [sys.executable, "-m", "segsweep", "run", str(REPO / "experiments" / "quickstart.yaml"), *want["args"],
+            f"data.root={tmp_path / 'data'}", f"data.cache_dir={tmp_path / 'cache'}", "--results", str(tmp_path / "results")]
+    proc = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = next((tmp_path / "results" / "runs" / "quickstart").iterdir())
+    with open(run_dir / "metrics.csv", newline="") as fh:
+        rows = [{k: v for k, v in r.items() if k not in ("epoch_s", "img_per_s")} for r in csv.DictReader(fh)]
+    assert rows == want["metrics"]
+    best = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
+    got = {k: hashlib.sha256(v.contiguous().numpy().tobytes()).hexdigest() for k, v in best["model"].items()}
+    assert got == want["best_weights_sha256"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert {k: summary[k] for k in want["summary"]} == want["summary"]
