@@ -15,7 +15,8 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError
-from .record import TEMP_SUFFIX, atomic_write
+from .record import TEMP_SUFFIX, atomic_write, read_metrics
+from .spec import flatten, read_yaml, spec_from_dict, spec_to_dict
 
 
 def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
@@ -189,3 +190,45 @@ def checkpoint_epoch(path: Path, complete: bool = False) -> int | None:
         return None if complete and state.get("partial") else int(state["epoch"])
     except Exception:  # unreadable: treated as absent by the caller
         return None
+
+
+# --------------------------------------------------------------------------- resuming a run folder
+
+
+def check_resume_identity(run_dir: Path, last: Path) -> None:
+    """Refuse (`CheckpointError`, nothing touched) a `last.pt` that is not this folder's own.
+
+    Resuming rewrites config.yaml, metrics.csv and summary.json from the checkpoint, so a
+    last.pt copied from another run would overwrite this run's record with that one's. The
+    checkpoint's spec must be the folder's config.yaml, and each epoch in its history the
+    folder's metrics.csv row of that epoch (metrics.csv is written before last.pt, so it can
+    only be ahead). Old folders without those files are taken as they are.
+    """
+    payload = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+    stored = flatten(spec_to_dict(spec_from_dict(payload.get("spec"), str(last))))
+    config = run_dir / "config.yaml"
+    refused = f"{run_dir}: refused to resume: checkpoints/last.pt belongs to another run"
+    if config.is_file():
+        own = flatten(spec_to_dict(spec_from_dict(read_yaml(config), str(config))))
+        differ = [key for key in {**own, **stored} if own.get(key) != stored.get(key)]
+        if differ:
+            key = differ[0]
+            raise CheckpointError(f"{refused} (its spec has {key}={stored.get(key)!r}, config.yaml has "
+                                  f"{own.get(key)!r}); nothing was changed")
+    history = (payload.get("state") or {}).get("history")
+    if not (run_dir / "metrics.csv").is_file() or history is None:
+        return
+    rows = {int(row["epoch"]): row for row in read_metrics(run_dir)}
+    for saved in history:
+        epoch = int(saved["epoch"])
+        row = rows.get(epoch)
+        if row is None or any(not _same(row[k], saved[k]) for k in row if k in saved):
+            raise CheckpointError(f"{refused} (its epoch {epoch} is not the one in metrics.csv); nothing was changed")
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal values, NaN equal to NaN (metrics.csv writes floats with repr: they read back exactly)."""
+    try:
+        return float(a) == float(b) or (float(a) != float(a) and float(b) != float(b))
+    except (TypeError, ValueError):
+        return False

@@ -25,6 +25,10 @@ class SweepError(SegsweepError):
     """A sweep cannot be started, joined or resumed."""
 
 
+class ExportError(SegsweepError):
+    """A trained model cannot be exported as asked (format, source or output path)."""
+
+
 class TrackingError(SegsweepError):
     """A tracker cannot be used as configured (only raised where failing fast is the contract)."""
 
@@ -42,3 +46,7 @@ class SpecFieldError(SpecError, ValueError):
 
 class UnknownNameError(SpecError, ValueError):
     """A name that no registry entry has (`Registry.get`); the message lists what exists."""
+
+
+class ResourceError(SegsweepError):
+    """A run that cannot fit in this machine's memory (found before it starts, or when it ran out)."""

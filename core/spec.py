@@ -6,18 +6,21 @@ dotted key, what was expected and what would be valid.
 """
 from __future__ import annotations
 
-import copy
 import difflib
 import hashlib
 import importlib
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, Sequence, Union
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
 from .errors import SpecError, SpecFieldError, UnknownNameError
+from .trees import (  # noqa: F401  (re-exported: spec files and dotted trees)
+    apply_overrides, deep_merge, flatten, parse_override, read_yaml, set_dotted,
+)
 
 
 def registry(where: str) -> Any:
@@ -44,8 +47,12 @@ SchedulerName = Annotated[str, registered(".optim.SCHEDULERS")]
 _LOSS_TERMS = ".losses.LOSSES"
 
 
+SEED_MAX = 2**32 - 1  # numpy's generators take seeds in 0..2**32-1
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Infinity or NaN is a spec error wherever it would mean nothing (train.time_budget_s opts in).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class AugmentSpec(_Section):
@@ -70,12 +77,55 @@ class SyntheticSpec(_Section):
     seed: int = 0
 
 
-class FolderSpec(_Section):
-    """Users' own data as `images/` + `masks/` (`data.name: folder`)."""
+def _subfolder(value: str) -> str:
+    parts = Path(value).parts
+    if not value or Path(value).is_absolute() or ".." in parts:
+        raise ValueError("expected a folder inside data.root such as 'masks' or 'train/label'")
+    return value
 
-    foreground_value: int | None = Field(None, ge=0, le=255)  # None: mask > 0 is foreground
+
+def _suffix(value: str) -> str:
+    if "/" in value or "\\" in value:
+        raise ValueError("expected the end of a mask's file stem such as '_mask', without a folder separator")
+    return value
+
+
+Subfolder = Annotated[str, AfterValidator(_subfolder)]
+_FOLDER_LATER = {"images": "images", "masks": "masks", "mask_suffix": "", "mask_channel": None, "foreground_color": None}
+
+
+class FolderSpec(_Section):
+    """Users' own data: `<root>/<images>/<stem>.*` + `<root>/<masks>/<stem><mask_suffix>.*`
+    (`data.name: folder`). Masks are read by value (palette PNGs by index); colour masks need
+    `mask_channel` or `foreground_color`."""
+
+    images: Subfolder = "images"  # may be nested, e.g. train/image
+    masks: Subfolder = "masks"  # e.g. train/label
+    mask_suffix: Annotated[str, AfterValidator(_suffix)] = ""  # '_mask': 3.png pairs with 3_mask.png
+    foreground_value: int | None = Field(None, ge=0, le=65535)  # None: mask > 0 is foreground
+    mask_channel: int | None = Field(None, ge=0, le=3)  # colour masks: read this channel by value
+    foreground_color: tuple[int, int, int] | None = None  # colour masks: this [r, g, b] is foreground
     val_fraction: float = Field(0.1, gt=0, lt=1)
     test_fraction: float = Field(0.2, ge=0, lt=1)
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        # Keys added after runs and sweeps were first recorded appear only when set, so every
+        # config.yaml, config hash and sweep hash written before them stays as it was.
+        tree = handler(self)
+        return {k: v for k, v in tree.items() if k not in _FOLDER_LATER or v != _FOLDER_LATER[k]}
+
+    @model_validator(mode="after")
+    def _one_mask_rule(self) -> "FolderSpec":
+        if self.foreground_color is not None:
+            if any(not 0 <= c <= 255 for c in self.foreground_color):
+                raise SpecFieldError("data.folder.foreground_color",
+                                     f"expected [r, g, b] with each value in 0..255 (got {list(self.foreground_color)})")
+            for other in ("mask_channel", "foreground_value"):
+                if getattr(self, other) is not None:
+                    raise SpecFieldError("data.folder.foreground_color",
+                                         f"set either data.folder.foreground_color or data.folder.{other}, not both")
+        return self
 
 
 class DataSpec(_Section):
@@ -93,6 +143,18 @@ class DataSpec(_Section):
     limit_train: int | None = Field(None, ge=1)  # use only the first N training images
     synthetic: SyntheticSpec = SyntheticSpec()
     folder: FolderSpec = FolderSpec()
+
+    @model_validator(mode="after")
+    def _settings_of_the_dataset(self) -> "DataSpec":
+        # Trimap and download settings mean nothing to the folder dataset: refuse, never ignore.
+        if self.name == "folder" and self.mask != "pet_and_boundary":
+            raise SpecFieldError("data.mask", f"{self.mask!r} is a trimap setting (oxford_pet, synthetic) that "
+                                 "folder masks do not use; remove it and mark the foreground with "
+                                 "data.folder.foreground_value (or foreground_color / mask_channel)")
+        if self.download and self.name in ("folder", "synthetic"):
+            raise SpecFieldError("data.download", f"only data.name: oxford_pet downloads; {self.name} data "
+                                 "is read from data.root (set data.download: false)")
+        return self
 
 
 class ModelSpec(_Section):
@@ -134,8 +196,8 @@ class LossSpec(_Section):
                 close = difflib.get_close_matches(str(key), valid, n=1)
                 hint = f"did you mean {close[0]!r}? " if close else ""
                 raise SpecFieldError(f"loss.{key}", f"unknown key; {hint}valid keys: {', '.join(valid)}")
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise SpecFieldError(f"loss.{key}", f"the weight of loss term {key!r} must be a number >= 0 "
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                raise SpecFieldError(f"loss.{key}", f"the weight of loss term {key!r} must be a finite number >= 0 "
                                      f"(got {value!r})")
         return {**data, **{key: float(data[key]) for key in extra}}
 
@@ -171,7 +233,7 @@ class TrainSpec(_Section):
     channels_last: bool = True
     compile: bool = False
     deterministic: bool = False
-    time_budget_s: float | None = Field(None, gt=0)
+    time_budget_s: float | None = Field(None, gt=0, allow_inf_nan=True)  # inf: no budget, like None
     threads: int | None = Field(None, ge=1)  # torch intra-op threads; None: torch's default
     predictions_every: int = Field(1, ge=1)  # epochs between prediction grids for trackers
     sync_batchnorm: bool = False  # under torchrun: BatchNorm statistics over every rank's batch (GPU only)
@@ -204,7 +266,7 @@ class TrackingSpec(_Section):
 
 class ExperimentSpec(_Section):
     name: str = Field("experiment", min_length=1, pattern=r"^[A-Za-z0-9_.+-]+$")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=SEED_MAX)
     data: DataSpec = DataSpec()
     model: ModelSpec = ModelSpec()
     loss: LossSpec = LossSpec()
@@ -217,115 +279,36 @@ class ExperimentSpec(_Section):
     def _model_accepts_spec(self) -> "ExperimentSpec":
         # The model owns its rules: its own options and its input-size divisor.
         registry(".models.MODELS").get(self.model.name).check_spec(self.model, self.data.image_size)
+        for name, weight in (self.loss.model_extra or {}).items():  # so does a loss term used
+            if weight > 0:
+                registry(_LOSS_TERMS).get(name).check_spec(self)
         return self
-
-
-# --------------------------------------------------------------------------- YAML and trees
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    """Read one YAML mapping with `safe_load`; anything else is a `SpecError` naming the file."""
-    if path.is_dir():
-        raise SpecError(f"{path}: is a directory, expected a YAML spec file")
-    if not path.is_file():
-        raise SpecError(f"{path}: spec file not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        line = f" line {where.line + 1}" if where is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise SpecError(f"{path}:{line}: invalid YAML: {problem}") from None
-    except UnicodeDecodeError:
-        raise SpecError(f"{path}: not a UTF-8 text file") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise SpecError(f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}")
-    return data
-
-
-def deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
-    """`top` over `base`, recursively for nested mappings; other values are replaced."""
-    merged = copy.deepcopy(dict(base))
-    for key, value in top.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1}. Lists and tuples stay values."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten(value, dotted + "."))
-        else:
-            flat[dotted] = value
-    return flat
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """'optim.lr=1e-3' -> ('optim.lr', 0.001): the value is a YAML scalar (or flow list)."""
-    key, sep, raw = text.partition("=")
-    key = key.strip()
-    if not sep or not key or any(not part for part in key.split(".")) or " " in key:
-        raise SpecError(f"override {text!r}: expected dotted key=value, e.g. optim.lr=1e-3")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        raise SpecError(f"override {text!r}: value {raw!r} is not a valid YAML scalar") from None
-    if isinstance(value, dict):
-        raise SpecError(f"override {text!r}: set nested keys one by one (a.b=1), not a mapping")
-    # YAML reads 1e-3 as a string (it wants 1.0e-3); users mean a number.
-    if isinstance(value, str):
-        try:
-            value = float(value) if any(c in value.lower() for c in ".e") and value.strip() else value
-        except ValueError:
-            pass
-    return key, value
-
-
-def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
-    """Set `tree[a][b] = value` for key 'a.b', creating sections as needed."""
-    parts = key.split(".")
-    node = tree
-    for i, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        elif not isinstance(child, dict):
-            raise SpecError(f"override {key}: {'.'.join(parts[: i + 1])} is a value, not a section")
-        node = child
-    node[parts[-1]] = value
-
-
-def apply_overrides(tree: Mapping[str, Any], overrides: Sequence[str] | Mapping[str, Any]) -> dict[str, Any]:
-    """Return a copy of `tree` with dotted overrides applied.
-
-    `overrides` is either CLI text (['optim.lr=1e-3', ...]) or an already-typed mapping
-    ({'optim.lr': 0.001}, as Optuna and W&B give them). All callers go through here.
-    """
-    out = copy.deepcopy(dict(tree))
-    items = overrides.items() if isinstance(overrides, Mapping) else map(parse_override, overrides)
-    for key, value in items:
-        set_dotted(out, key, value)
-    return out
 
 
 # --------------------------------------------------------------------------- loading
 
 
-def _resolve_extends(path: Path, chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], dict[str, Path]]:
+def _read_parent(path: Path, child: Path | None, ref: str) -> dict[str, Any]:
+    """`read_yaml(path)`; for a parent named by `extends:`, a problem names the child's line."""
+    if child is None:
+        return read_yaml(path)
+    if path.is_dir():
+        raise SpecError(f"{child}: extends: {ref!r} is a directory ({path}); expected a YAML spec file")
+    if path.suffix.lower() not in (".yaml", ".yml"):
+        raise SpecError(f"{child}: extends: {ref!r} is not a YAML spec (expected a .yaml or .yml file)")
+    try:
+        return read_yaml(path)
+    except SpecError as exc:
+        raise SpecError(f"{child}: extends: {ref!r}: {str(exc).removeprefix(f'{path}: ')}") from None
+
+
+def _resolve_extends(path: Path, chain: tuple[Path, ...] = (), ref: str = "") -> tuple[dict[str, Any], dict[str, Path]]:
     """Merge a spec with its `extends:` ancestors; also return which file set each dotted key."""
     path = path.resolve() if path.exists() else path
     if path in chain:
         cycle = " -> ".join(str(p) for p in (*chain, path))
         raise SpecError(f"{chain[-1]}: extends: cycle {cycle}")
-    tree = read_yaml(path)
+    tree = _read_parent(path, chain[-1] if chain else None, ref)
     parent_ref = tree.pop("extends", None)
     if parent_ref is None:
         return tree, {key: path for key in flatten(tree)}
@@ -334,7 +317,7 @@ def _resolve_extends(path: Path, chain: tuple[Path, ...] = ()) -> tuple[dict[str
     parent = (path.parent / parent_ref)
     if not parent.exists():
         raise SpecError(f"{path}: extends: parent spec {parent_ref!r} not found (looked at {parent})")
-    base, origins = _resolve_extends(parent, (*chain, path))
+    base, origins = _resolve_extends(parent, (*chain, path), parent_ref)
     origins.update({key: path for key in flatten(tree)})
     return deep_merge(base, tree), origins
 

@@ -27,6 +27,38 @@ SPEC_CASES = [
     ("override-bad-value", None, ["model.dropout=1.5"], ["override model.dropout", "less than 1"]),
     ("override-section-as-value", None, ["optim=3"], ["optim", "dictionary"]),
     ("unknown-flag", None, ["--epochs", "3"], ["segsweep run", "unrecognized arguments"]),
+    # Values that passed validation and failed later (issue 13): infinity, NaN, seeds out of range.
+    ("inf-loss-weight", "extends: {q}\nloss: {{bce: .inf}}\n", [], ["bad.yaml", "loss.bce", "finite number"]),
+    ("inf-registered-loss-term", "extends: {q}\nloss: {{double_sigmoid_bce: .inf}}\n", [],
+     ["bad.yaml", "loss.double_sigmoid_bce", "finite number >= 0"]),
+    ("inf-weight-decay", "extends: {q}\noptim: {{weight_decay: .inf}}\n", [],
+     ["bad.yaml", "optim.weight_decay", "finite number"]),
+    ("nan-lr", "extends: {q}\noptim: {{lr: .nan}}\n", [], ["bad.yaml", "optim.lr", "finite number"]),
+    ("inf-focal-gamma", "extends: {q}\nloss: {{focal_gamma: .inf}}\n", [], ["bad.yaml", "loss.focal_gamma", "finite"]),
+    ("inf-grad-clip", "extends: {q}\ntrain: {{grad_clip: .inf}}\n", [], ["bad.yaml", "train.grad_clip", "finite"]),
+    ("nan-augment", "extends: {q}\ndata: {{augment: {{rotate: .nan}}}}\n", [],
+     ["bad.yaml", "data.augment.rotate", "finite"]),
+    ("nan-time-budget", "extends: {q}\ntrain: {{time_budget_s: .nan}}\n", [],
+     ["bad.yaml", "train.time_budget_s", "greater than 0"]),
+    ("seed-beyond-generators", "extends: {q}\nseed: 4294967296\n", [], ["bad.yaml", "seed", "4294967295"]),
+    ("override-inf-weight-decay", None, ["optim.weight_decay=inf"], ["override optim.weight_decay", "finite"]),
+    ("override-overflowing-loss-weight", None, ["loss.dice=1e999"], ["override loss.dice", "finite"]),
+    ("override-inf-loss-term", None, ["loss.focal=.inf"], ["override loss.focal", "finite"]),
+    ("override-nan-dropout", None, ["model.dropout=nan"], ["override model.dropout", "finite"]),
+    ("override-huge-seed", None, ["seed=99999999999"], ["override seed", "less than or equal to 4294967295"]),
+    ("override-negative-seed", None, ["seed=-1"], ["override seed", "greater than or equal to 0"]),
+    # Repeated YAML keys: refused at any level with both lines (YAML itself keeps the last silently).
+    ("duplicate-section", "extends: {q}\nmodel: {{init: paper}}\nmodel: {{}}\n", [],
+     ["bad.yaml", "'model' appears twice", "lines 2 and 3"]),
+    ("duplicate-nested-key", "extends: {q}\ntrain:\n  epochs: 2\n  batch_size: 4\n  epochs: 3\n", [],
+     ["bad.yaml", "'epochs' appears twice", "lines 3 and 5"]),
+    ("duplicate-deep-key", "extends: {q}\ndata:\n  augment:\n    rotate: 5\n    rotate: 9\n", [],
+     ["bad.yaml", "'rotate' appears twice", "lines 4 and 5"]),
+    ("duplicate-extends", "extends: {q}\nextends: {q}\n", [], ["bad.yaml", "'extends' appears twice", "lines 1 and 2"]),
+    # `extends:` naming the wrong kind of thing says `extends:` and the file holding it.
+    ("extends-directory", "extends: .\n", [], ["bad.yaml: extends: '.'", "is a directory"]),
+    ("extends-non-yaml", "extends: {r}/README.md\n", [], ["bad.yaml: extends:", "README.md", "not a YAML spec"]),
+    ("extends-not-a-path", "extends: [a.yaml]\n", [], ["bad.yaml: extends:", "expected a path"]),
 ]
 
 
@@ -37,7 +69,7 @@ def test_bad_spec_exits_2_with_one_line(cli, tmp_path: Path, monkeypatch, case, 
     if text is None:
         spec = QUICK
     else:
-        spec.write_text(text.format(q=QUICK))
+        spec.write_text(text.format(q=QUICK, r=REPO))
     result = cli("run.py", spec, *args, "--results", tmp_path / "results")
     assert result.code == 2, result.err
     lines = result.err.strip().splitlines()
@@ -167,9 +199,7 @@ class Payload:
         return (os.makedirs, (str(self.marker),))
 
 
-@pytest.fixture(scope="module")
-def trained_run(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished 1-epoch tiny run (shared: every case checks it is left byte-for-byte unchanged)."""
+def _train_tiny(synthetic_root: Path, folder: Path) -> Path:
     from conftest import TINY
 
     from segsweep.spec import load_spec
@@ -177,7 +207,13 @@ def trained_run(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) 
 
     spec = load_spec(QUICK, {**TINY, "train.epochs": 1, "data.root": str(synthetic_root),
                              "data.cache_dir": str(synthetic_root.parent / "cache")})
-    return fit(spec, tmp_path_factory.mktemp("trained") / "run").run_dir
+    return fit(spec, folder / "run").run_dir
+
+
+@pytest.fixture(scope="module")
+def trained_run(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 1-epoch tiny run (shared: every case checks it is left byte-for-byte unchanged)."""
+    return _train_tiny(synthetic_root, tmp_path_factory.mktemp("trained"))
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -340,3 +376,186 @@ def test_pickle_payload_is_live_but_never_runs(trained_run: Path, tmp_path: Path
     with pytest.raises(CheckpointError, match="refused"):
         load_checkpoint(control)
     assert not (tmp_path / "PWNED").exists()
+
+
+# --------------------------------------------------------------------------- extends chains
+
+
+# (case id, the parent file's bytes, substrings of the one line); bad.yaml says `extends: parent.yaml`
+PARENT_CASES = [
+    ("parent-duplicate-key", b"model: {}\nmodel: {}\n",
+     ["bad.yaml: extends: 'parent.yaml'", "'model' appears twice", "lines 1 and 2"]),
+    ("parent-invalid-yaml", b"model: [unclosed\n", ["bad.yaml: extends: 'parent.yaml'", "invalid YAML"]),
+    ("parent-a-list", b"- a\n- b\n", ["bad.yaml: extends: 'parent.yaml'", "mapping"]),
+    ("parent-not-utf8", b"\xff\xfe\x00model", ["bad.yaml: extends: 'parent.yaml'", "not a UTF-8"]),
+    ("grandparent-missing", b"extends: gone.yaml\n", ["parent.yaml: extends:", "gone.yaml", "not found"]),
+    ("grandparent-directory", b"extends: sub\n", ["parent.yaml: extends: 'sub'", "is a directory"]),
+]
+
+
+@pytest.mark.parametrize("case, parent, expected", PARENT_CASES, ids=[c[0] for c in PARENT_CASES])
+def test_bad_parent_spec_names_the_extends_line(cli, tmp_path: Path, case, parent, expected) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "parent.yaml").write_bytes(parent)
+    (tmp_path / "bad.yaml").write_text("extends: parent.yaml\n")
+    result = cli("run.py", tmp_path / "bad.yaml", "--results", tmp_path / "results")
+    assert result.code == 2, result.err
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1, result.err
+    for part in expected:
+        assert part in lines[0], (part, lines[0])
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_spec_without_repeated_keys_loads_as_safe_load_reads_it(tmp_path: Path) -> None:
+    """The duplicate-key loader changes nothing else: merge keys may be overridden, values are
+    those of yaml.safe_load."""
+    import yaml
+
+    from segsweep.spec import read_yaml
+
+    text = "a: &x {b: 1, c: [1, 2]}\nd:\n  <<: *x\n  b: 2\ne: 1.0e-3\nf: null\n"
+    (tmp_path / "ok.yaml").write_text(text)
+    assert read_yaml(tmp_path / "ok.yaml") == yaml.safe_load(text)
+    assert read_yaml(tmp_path / "ok.yaml")["d"] == {"b": 2, "c": [1, 2]}
+
+
+def test_infinite_time_budget_is_still_allowed_and_trains(tiny_spec, tmp_path: Path) -> None:
+    import math
+
+    from segsweep.train.loop import fit
+
+    spec = tiny_spec(**{"train.time_budget_s": math.inf, "train.epochs": 1})
+    assert spec.train.time_budget_s == math.inf
+    assert fit(spec, tmp_path / "run").status == "completed"  # no budget plan from an infinite budget
+
+
+# --------------------------------------------------------------------------- --resume of another run's last.pt
+
+
+@pytest.fixture(scope="module")
+def other_run(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second run of the very same spec (same name and seed), in a folder of its own."""
+    return _train_tiny(synthetic_root, tmp_path_factory.mktemp("other"))
+
+
+def _last_with_spec(run: Path, tmp: Path, **changes) -> Path:
+    import torch
+
+    from segsweep.spec import apply_overrides
+
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    state["spec"] = apply_overrides(state["spec"], changes)
+    return _save(tmp, "foreign.pt", state)
+
+
+# (case id, the last.pt to put in the folder, from (trained run, other run, tmp), substrings of the one line)
+FOREIGN_CASES = [
+    ("same-spec-other-run", lambda run, other, tmp: other / "checkpoints" / "last.pt",
+     ["killed-run: refused to resume", "belongs to another run", "epoch 1 is not the one in metrics.csv"]),
+    ("other-seed", lambda run, other, tmp: _last_with_spec(run, tmp, seed=7),
+     ["killed-run: refused to resume", "seed=7", "config.yaml has 0"]),
+    ("other-learning-rate", lambda run, other, tmp: _last_with_spec(run, tmp, **{"optim.lr": 0.5}),
+     ["refused to resume", "optim.lr=0.5"]),
+]
+
+
+@pytest.mark.parametrize("case, last, expected", FOREIGN_CASES, ids=[c[0] for c in FOREIGN_CASES])
+def test_resume_refuses_another_runs_checkpoint(cli, trained_run: Path, other_run: Path, tmp_path: Path,
+                                               case, last, expected) -> None:
+    folder = _resume_folder(trained_run, tmp_path, last(trained_run, other_run, tmp_path))
+    before, others = _digest(folder), _digest(other_run)
+    result = cli("run.py", "--resume", folder)
+    assert result.code == 2, (result.code, result.err)
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1, result.err
+    for part in expected:
+        assert part in lines[0], (part, lines[0])
+    assert _digest(folder) == before  # config.yaml, metrics.csv, checkpoints: the same bytes
+    assert not (folder / "summary.json").exists()
+    assert _digest(other_run) == others
+
+
+def test_resume_identity_accepts_the_folders_own_checkpoint(trained_run: Path, tmp_path: Path) -> None:
+    from segsweep.checkpoint import check_resume_identity
+
+    folder = _resume_folder(trained_run, tmp_path, None)
+    check_resume_identity(folder, folder / "checkpoints" / "last.pt")
+    (folder / "config.yaml").unlink()  # an older folder with less to compare: taken as it is
+    (folder / "metrics.csv").unlink()
+    check_resume_identity(folder, folder / "checkpoints" / "last.pt")
+
+
+# --------------------------------------------------------------------------- out of memory
+
+
+OOM_CASES = [
+    ("absurd-image-size", ["data.image_size=4096", "train.batch_size=64", "model.base_channels=64"],
+     ["data.image_size 4096", "train.batch_size 64", "width 64"]),
+    ("absurd-batch", ["data.image_size=1024", "train.batch_size=100000"], ["data.image_size 1024", "train.batch_size 100000"]),
+    ("absurd-resnet34", ["model.name=resnet34_unet", "data.image_size=4096", "train.batch_size=256"],
+     ["model resnet34_unet", "train.batch_size 256"]),
+]
+
+
+@pytest.mark.parametrize("case, args, expected", OOM_CASES, ids=[c[0] for c in OOM_CASES])
+def test_a_run_that_cannot_fit_is_refused_before_anything_is_built(cli, tmp_path: Path, monkeypatch,
+                                                                   case, args, expected) -> None:
+    monkeypatch.chdir(tmp_path)  # quickstart's data root is relative: nothing may appear under it either
+    result = cli("run.py", QUICK, *args, "tracking.wandb.mode=disabled", "--results", tmp_path / "results")
+    assert result.code == 2, (result.code, result.err)
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1, result.err
+    for part in [*expected, "GiB for activations alone", "available", "use a smaller data.image_size or train.batch_size"]:
+        assert part in lines[0], (part, lines[0])
+    assert list(tmp_path.iterdir()) == []  # no run folder, no generated data, no cache
+
+
+def test_the_memory_estimate_is_a_close_lower_bound_and_passes_the_quickstart() -> None:
+    """The estimate extrapolated from the tiny probe is within 15% below what autograd saves at
+    the real size (never above it), and the quickstart as committed is not refused."""
+    import torch
+
+    from segsweep.models import build_model
+    from segsweep.spec import load_spec
+    from segsweep.train.memory import activation_bytes, check_memory
+
+    spec = load_spec(QUICK, {"data.image_size": 96, "train.batch_size": 3, "model.base_channels": 8,
+                             "train.precision": "fp32"})
+    model = build_model(spec.model).train()
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, tuple[int, int]] = {}  # storage -> (bytes, dims)
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.untyped_storage().data_ptr() not in params:
+            saved[t.untyped_storage().data_ptr()] = (t.untyped_storage().nbytes(), t.dim())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(torch.zeros(3, 3, 96, 96))
+    feature_maps = sum(n for n, dims in saved.values() if dims >= 3)
+    assert 0.85 * feature_maps <= activation_bytes(spec) <= feature_maps <= sum(n for n, _ in saved.values())
+    check_memory(load_spec(QUICK), torch.device("cpu"))
+
+
+def test_out_of_memory_during_training_is_one_line(cli, tmp_path: Path, monkeypatch, tiny_overrides: dict) -> None:
+    """exit 1 (the run failed, and its folder records it), one line with size, batch and a hint."""
+    import json
+
+    import segsweep.train.loop as loop
+
+    def allocate(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: "
+                           "you tried to allocate 34359738368 bytes.")
+
+    monkeypatch.setattr(loop, "train_one_epoch", allocate)
+    args = [f"{k}={v}" for k, v in {**tiny_overrides, "train.epochs": 1}.items()]
+    result = cli("run.py", QUICK, *args, "--results", tmp_path / "results")
+    assert result.code == 1, (result.code, result.err)
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1, result.err
+    for part in ("ran out of memory during training", "data.image_size 32", "train.batch_size 8",
+                 "DefaultCPUAllocator", "use a smaller data.image_size or train.batch_size"):
+        assert part in lines[0], (part, lines[0])
+    summary = json.loads(next((tmp_path / "results").rglob("summary.json")).read_text())
+    assert summary["status"] == "failed" and "not enough memory" in summary["error"]

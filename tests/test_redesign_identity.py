@@ -43,8 +43,9 @@ def test_sweep_cell_hashes_unchanged(name: str) -> None:
 
 
 def test_every_committed_file_is_in_the_fixture() -> None:
-    assert sorted(p.name for p in (REPO / "experiments").glob("*.yaml")) >= sorted(BEFORE["experiments"])
-    assert sorted(p.name for p in (REPO / "sweeps").glob("*.yaml")) >= sorted(BEFORE["sweep_cells"])
+    # Superset (set order), not list order: a new file sorting before an old one is fine.
+    assert {p.name for p in (REPO / "experiments").glob("*.yaml")} >= set(BEFORE["experiments"])
+    assert {p.name for p in (REPO / "sweeps").glob("*.yaml")} >= set(BEFORE["sweep_cells"])
 
 
 def test_deterministic_quickstart_is_bit_identical(tmp_path: Path) -> None:
@@ -56,8 +57,10 @@ def test_deterministic_quickstart_is_bit_identical(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = next((tmp_path / "results" / "runs" / "quickstart").iterdir())
     with open(run_dir / "metrics.csv", newline="") as fh:
-        rows = [{k: v for k, v in r.items() if k not in ("epoch_s", "img_per_s")} for r in csv.DictReader(fh)]
-    assert rows == want["metrics"]
+        rows = list(csv.DictReader(fh))
+    # Every column recorded then is bit-identical; columns added since (e.g. val/dice_soft_batch8) are extra.
+    assert len(rows) == len(want["metrics"])
+    assert [{k: r[k] for k in old} for r, old in zip(rows, want["metrics"])] == want["metrics"]
     best = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
     got = {k: hashlib.sha256(v.contiguous().numpy().tobytes()).hexdigest() for k, v in best["model"].items()}
     assert got == want["best_weights_sha256"]

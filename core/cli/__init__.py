@@ -26,7 +26,10 @@ COMMANDS = {
     "report": ("report", "write an ablation (or study) report from sweep or run folders"),
     "evaluate": ("evaluate", "recompute a run's metrics from its checkpoint"),
     "predict": ("predict", "segment images with a trained checkpoint"),
+    "export": ("export", "export a trained model: onnx, safetensors, state_dict or smp"),
     "benchmark": ("benchmark", "time the training path against its ceiling, a naive baseline and a peer stack"),
+    "dashboard": ("dashboard", "serve optuna-dashboard over a sweep's study on 127.0.0.1"),
+    "cache": ("cache", "list the data caches (sizes, last use) or clear them"),
 }
 
 
@@ -106,4 +109,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except (SegsweepError, OSError) as exc:
         print(one_line(exc), file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:  # Ctrl-C outside a run's own handler (e.g. while the data cache is built)
+        print(f"error: segsweep {command}: interrupted (SIGINT)", file=sys.stderr)
+        raise SystemExit(130) from None
     raise SystemExit(code or 0)

@@ -20,8 +20,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", help="sweep folder and/or run folders (searched for summary.json)")
     parser.add_argument("--out", help="folder for report.md and figures (default: the first path)")
     parser.add_argument("--baseline", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                        help="baseline level of a factor (default: the level in the most arms)")
+                        help="baseline level of a factor (default: the base experiment's value, else the "
+                        "level in the most arms)")
+    parser.add_argument("--allow-mixed-data", action="store_true",
+                        help="report runs scored on different datasets or test splits (refused otherwise); "
+                        "the report then carries a warning")
     parser.add_argument("--margin", type=float, default=0.005, help="equivalence margin in Dice (default 0.005)")
+    parser.add_argument("--detect", type=float, help="difference the 'seeds needed' column is for (default: the margin)")
     parser.add_argument("--study", action="store_true",
                         help="the path is a search sweep: report the study (importances, best trials) instead")
     parser.add_argument("--final", nargs="+", action="extend", default=[], metavar="RUN_DIR",
@@ -40,6 +45,7 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     elif args.final or args.target is not None:
         raise SegsweepError("--final and --target go with --study")
     else:
-        report = write_report(args.paths, args.out, args.baseline, ReportOptions(margin=args.margin))
+        options = ReportOptions(margin=args.margin, allow_mixed_data=args.allow_mixed_data, detect=args.detect)
+        report = write_report(args.paths, args.out, args.baseline, options)
     print(report)
     return 0

@@ -5,8 +5,10 @@
     segsweep run --resume results/runs/quickstart/20261124-101500-a1b2c3
 
 Exit codes: 0 completed (or pruned; or --resume of a run that already ended), 1 diverged or
-failed, 2 bad input (one line on stderr), 130 / 143 stopped by SIGINT / SIGTERM (resumable:
-last.pt holds every batch done). A second Ctrl-C exits at once.
+failed (out of memory during training included: one line with the size, batch and a hint), 2 bad
+input (one line on stderr; also a run whose activations alone cannot fit in memory, refused before
+the data are built, and a --resume whose last.pt belongs to another run), 130 / 143 stopped by
+SIGINT / SIGTERM (resumable: last.pt holds every batch done). A second Ctrl-C exits at once.
 """
 from __future__ import annotations
 
@@ -47,6 +49,7 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from ..record import check_writable, new_run_dir, read_json
 
     if args.resume:
+        from ..checkpoint import check_resume_identity
         from ..train.loop import load_run_spec
 
         if args.spec or args.overrides or args.results:
@@ -63,6 +66,7 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 print(f"{run_dir}: the run already ended ({status}); nothing to resume")
                 return 0
         spec = load_run_spec(run_dir)
+        check_resume_identity(run_dir, run_dir / "checkpoints" / "last.pt")  # another run's last.pt: refused
         check_writable(run_dir)
     else:
         if not args.spec:
@@ -77,6 +81,7 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from ..distributed import main_value, process_group
     from ..tracking import build_tracker
     from ..train.loop import fit
+    from ..train.memory import is_out_of_memory, out_of_memory
 
     # Under torchrun: one process per rank, DDP; rank 0 names the folder, writes and reports.
     with process_group(spec.train.device, spec.train.threads) as ranks:
@@ -84,7 +89,13 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         say = print if ranks.is_main else (lambda *args, **kwargs: None)
         say(f"run folder: {run_dir}", flush=True)
         tracker = build_tracker(spec, run_dir) if ranks.is_main else None
-        result = fit(spec, run_dir, tracker=tracker, resume=bool(args.resume))
+        try:
+            result = fit(spec, run_dir, tracker=tracker, resume=bool(args.resume))
+        except (RuntimeError, MemoryError) as exc:  # recorded as failed in the run folder; one line here
+            if not is_out_of_memory(exc):
+                raise
+            say(f"error: {out_of_memory(spec, exc)}", file=sys.stderr)
+            return 1
     s = result.metrics
     say(f"status: {result.status}")
     say(f"best val/dice: {s['val/dice']:.4f} (epoch {result.best_epoch})")

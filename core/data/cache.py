@@ -7,6 +7,7 @@ marks a complete cache.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -16,10 +17,12 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
-from .sources import LOADER_VERSION, SplitSource, load_sample
+from .masks import MaskCheck
+from .sources import LOADER_VERSION, SplitSource, check_sample, load_checked, load_sample
 from ..errors import DataError
 
 CACHE_SUBDIR = ".segsweep_cache"
@@ -97,6 +100,10 @@ class SplitCache:
     def complete(self) -> bool:
         return self.meta_path.is_file() and self.images_path.is_file() and self.masks_path.is_file()
 
+    def check(self) -> MaskCheck | None:
+        """What the cached split's masks hold (`MaskCheck`), from its record."""
+        return MaskCheck.from_json(json.loads(self.meta_path.read_text(encoding="utf-8")).get("masks"))
+
     def open(self) -> tuple[np.ndarray, np.ndarray]:
         """Read-only memory maps (images, masks); pages are shared by every process that opens them."""
         return np.load(self.images_path, mmap_mode="r"), np.load(self.masks_path, mmap_mode="r")
@@ -108,12 +115,44 @@ def _progress(total: int, description: str):
     return tqdm(total=total, desc=description, unit="img", leave=False, disable=not sys.stderr.isatty())
 
 
+def for_each_sample(source: SplitSource, description: str, work: Callable[[int], Any]) -> list[Any]:
+    """`work(i)` for every sample of `source` on a few threads (OpenCV and PIL decode outside
+    the GIL), in order, with a progress bar. An error or Ctrl-C cancels what has not started
+    and waits for the rest, so nothing writes after this returns or raises."""
+    n = len(source.samples)
+    pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1))
+    results = []
+    try:
+        with _progress(n, description) as bar:
+            for result in pool.map(work, range(n)):
+                results.append(result)
+                bar.update()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return results
+
+
+def scan_masks(source: SplitSource, size: int) -> MaskCheck:
+    """Without a cache: check every image file and read every mask of the split (`check_sample`)."""
+    check = MaskCheck()
+    results = for_each_sample(source, f"checking {source.dataset}/{source.split}",
+                              lambda i: check_sample(source.samples[i], source, size))
+    for values, has_foreground, empty in results:
+        check.add(values, has_foreground, empty)
+    return check
+
+
 def ensure_cache(source: SplitSource, size: int, directory: Path) -> SplitCache:
-    """The cache of `source` at `size`, built (once, with a progress bar) if it is not there."""
+    """The cache of `source` at `size`, built (once, with a progress bar) if it is not there.
+
+    Its record (`<key>.json`, written last) holds what the masks contain (`SplitCache.check`).
+    A build stopped by an error or Ctrl-C leaves no file a later run would trust."""
     cache = SplitCache(directory, cache_key(source, size))
     if cache.complete():
         meta = json.loads(cache.meta_path.read_text(encoding="utf-8"))
-        if meta.get("ids") == source.ids:
+        if meta.get("ids") == source.ids and MaskCheck.from_json(meta.get("masks")) is not None:
+            with contextlib.suppress(OSError):  # `segsweep cache list` shows this as its last use
+                os.utime(cache.meta_path)
             return cache
     n = len(source.samples)
     token = f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -124,20 +163,21 @@ def ensure_cache(source: SplitSource, size: int, directory: Path) -> SplitCache:
         images = np.lib.format.open_memmap(tmp_images, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
         masks = np.lib.format.open_memmap(tmp_masks, mode="w+", dtype=np.uint8, shape=(n, size, size))
 
-        def fill(i: int) -> None:
-            images[i], masks[i] = load_sample(source.samples[i], source, size)
+        def fill(i: int) -> tuple[Any, bool, bool]:
+            images[i], masks[i], values, has_foreground = load_checked(source.samples[i], source, size)
+            return values, has_foreground, not bool((masks[i] == 1).any())
 
-        # OpenCV decodes and resizes outside the GIL: two threads keep both cores busy.
-        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool, \
-                _progress(n, f"caching {source.dataset}/{source.split} {size}px") as bar:
-            for _ in pool.map(fill, range(n)):
-                bar.update()
+        check = MaskCheck()
+        for values, has_foreground, empty in for_each_sample(
+                source, f"caching {source.dataset}/{source.split} {size}px", fill):
+            check.add(values, has_foreground, empty)
         images.flush()
         masks.flush()
         del images, masks
         os.replace(tmp_images, cache.images_path)
         os.replace(tmp_masks, cache.masks_path)
-        _write_json(cache.meta_path, {"key": cache.key, "ids": source.ids, "size": size})
+        _write_json(cache.meta_path, {"key": cache.key, "ids": source.ids, "size": size, "dataset": source.dataset,
+                                      "split": source.split, "images": n, "masks": check.to_json()})
     except OSError as exc:
         raise DataError(f"{directory}: cannot write the data cache ({exc.strerror or exc}); "
                         "set data.cache_dir to a writable folder or data.cache=false") from None

@@ -13,6 +13,7 @@ from ..errors import DataError
 from ..registry import Registry
 from ..spec import DataSpec
 from .sources import SplitSource, download_oxford_pet, folder_splits, has_oxford_layout, oxford_splits
+from .masks import shown
 from .synthetic import ensure_synthetic
 
 DATASETS = Registry("dataset")
@@ -23,10 +24,17 @@ def build_sources(data: DataSpec) -> dict[str, SplitSource]:
     return DATASETS.get(data.name)(data)
 
 
+def _root(data: DataSpec) -> Path:
+    root = Path(data.root).expanduser()
+    if root.is_file():
+        raise DataError(f"{shown(root)}: data.root is a file, expected a folder (the {data.name} dataset's root)")
+    return root
+
+
 @DATASETS.register("oxford_pet")
 def oxford_pet(data: DataSpec) -> dict[str, SplitSource]:
     """The Oxford-IIIT Pet dataset (trimaps), downloaded with `data.download=true`."""
-    root = Path(data.root).expanduser()
+    root = _root(data)
     if not has_oxford_layout(root):
         if not data.download:
             what = "has no Oxford-IIIT Pet layout (images/, annotations/)" if root.exists() else "not found"
@@ -39,13 +47,15 @@ def oxford_pet(data: DataSpec) -> dict[str, SplitSource]:
 @DATASETS.register("synthetic")
 def synthetic(data: DataSpec) -> dict[str, SplitSource]:
     """Procedural shapes written in the Oxford layout (`data.synthetic`), generated on first use."""
-    root = Path(data.root).expanduser()
+    root = _root(data)
     ensure_synthetic(root, data.synthetic)
     return oxford_splits(root, data.val_every, data.mask, dataset="synthetic")
 
 
 @DATASETS.register("folder")
 def folder(data: DataSpec) -> dict[str, SplitSource]:
-    """Users' own `images/` + `masks/` with matching stems (`data.folder`)."""
-    root = Path(data.root).expanduser()
-    return folder_splits(root, data.folder.val_fraction, data.folder.test_fraction, data.folder.foreground_value)
+    """Users' own images + masks with matching stems (`data.folder`: folder names, mask suffix,
+    how masks mark the foreground)."""
+    folder_spec = data.folder
+    return folder_splits(_root(data), folder_spec.val_fraction, folder_spec.test_fraction,
+                         folder_spec.foreground_value, folder_spec)

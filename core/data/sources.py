@@ -8,15 +8,16 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import cv2
 import numpy as np
 
 from ..errors import DataError
+from .masks import read_binary, read_trimap, shown
 
 # Bump when load_sample's output changes for the same files: it is part of every cache key.
-LOADER_VERSION = 1
+LOADER_VERSION = 2  # 2: masks read with PIL (palette PNGs by index), colour masks need a rule
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MaskKind = Literal["trimap", "binary"]
@@ -39,6 +40,8 @@ class SplitSource:
     mask_kind: MaskKind
     mask_mode: str  # data.mask for trimaps; 'binary' or 'value<N>' for folder masks
     foreground_value: int | None = None  # folder masks only
+    mask_channel: int | None = None  # folder colour masks: the channel read by value
+    foreground_color: tuple[int, int, int] | None = None  # folder colour masks: the foreground colour
 
     @property
     def ids(self) -> list[str]:
@@ -124,40 +127,76 @@ def oxford_splits(root: Path, val_every: int, mask_mode: str, dataset: str = "ox
 # --------------------------------------------------------------------------- folder layout
 
 
-def _stem_files(folder: Path) -> dict[str, Path]:
+def _stem_files(folder: Path, suffix: str = "", keep: bool = True) -> dict[str, Path]:
+    """Image files of `folder` by stem; with `suffix`, only the stems ending with it (`keep`) or
+    only the others (`keep=False`), keyed by the stem without it."""
     files: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("."):
-            if path.stem in files:
-                raise DataError(f"{path}: two files with stem {path.stem!r} in {folder} ({files[path.stem].name})")
-            files[path.stem] = path
+        if not (path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")):
+            continue
+        try:
+            path.name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise DataError(f"{shown(path)}: file name is not valid UTF-8; rename it (run records "
+                            "and reports name every image by its stem)") from None
+        stem = path.stem
+        if suffix and stem.endswith(suffix) != keep:
+            continue
+        key = stem[: len(stem) - len(suffix)] if suffix and keep else stem
+        if key in files:
+            raise DataError(f"{path}: two files with stem {stem!r} in {folder} ({files[key].name})")
+        files[key] = path
     return files
+
+
+def _folder_files(root: Path, images_dir: str, masks_dir: str, suffix: str) -> tuple[dict[str, Path], dict[str, Path]]:
+    if root.is_file():
+        raise DataError(f"{shown(root)}: data root is a file, expected a folder (holding {images_dir}/ and {masks_dir}/)")
+    if not root.is_dir():
+        raise DataError(f"{shown(root)}: data root not found (expected {images_dir}/ and {masks_dir}/ with matching "
+                        "file stems; see data.folder.images and data.folder.masks)")
+    for key, sub in (("images", images_dir), ("masks", masks_dir)):
+        if not (root / sub).is_dir():
+            found = sorted(p.name + "/" for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+            raise DataError(f"{shown(root / sub)}: folder not found (data.folder.{key}={sub!r}; folders in "
+                            f"{shown(root)}: {', '.join(map(shown, found)) or 'none'})")
+    if images_dir == masks_dir and not suffix:
+        raise DataError(f"{shown(root / images_dir)}: data.folder.images and data.folder.masks name the same folder; "
+                        "set data.folder.mask_suffix (e.g. '_mask') to tell masks from images")
+    images = _stem_files(root / images_dir, suffix, keep=False) if images_dir == masks_dir else _stem_files(root / images_dir)
+    return images, _stem_files(root / masks_dir, suffix)
+
+
+def _unmatched(root: Path, images: dict[str, Path], masks: dict[str, Path], images_dir: str, masks_dir: str,
+               suffix: str) -> None:
+    no_mask = sorted(set(images) - set(masks))
+    no_image = sorted(set(masks) - set(images))
+    if not (no_mask or no_image):
+        return
+    parts = []
+    if no_mask:
+        expected = f"{masks_dir}/{no_mask[0]}{suffix}.<ext> with data.folder.mask_suffix={suffix!r}"
+        parts.append(f"{len(no_mask)} image(s) without a mask, e.g. {shown(images[no_mask[0]])} (expected {expected})")
+    if no_image:
+        parts.append(f"{len(no_image)} mask(s) without an image, e.g. {shown(masks[no_image[0]])}")
+    raise DataError(f"{shown(root)}: {images_dir}/ and {masks_dir}/ stems do not match: {'; '.join(parts)}")
 
 
 def _unit_hash(stem: str) -> int:
     return int.from_bytes(hashlib.sha256(stem.encode()).digest()[:8], "big")
 
 
-def folder_splits(root: Path, val_fraction: float, test_fraction: float,
-                  foreground_value: int | None) -> dict[str, SplitSource]:
-    """`images/` + `masks/` with matching stems. Stems are ordered by a hash of the name (stable,
-    independent of file order); the first round(n * test_fraction) go to test, the next
-    round(n * val_fraction) to val (at least 1 each when the fraction is > 0), the rest to train."""
-    if not root.is_dir():
-        raise DataError(f"{root}: data root not found (expected images/ and masks/ with matching file stems)")
-    for sub in ("images", "masks"):
-        if not (root / sub).is_dir():
-            raise DataError(f"{root / sub}: folder not found (the folder layout needs images/ and masks/)")
-    images, masks = _stem_files(root / "images"), _stem_files(root / "masks")
-    no_mask = sorted(set(images) - set(masks))
-    no_image = sorted(set(masks) - set(images))
-    if no_mask or no_image:
-        parts = []
-        if no_mask:
-            parts.append(f"{len(no_mask)} image(s) without a mask, e.g. {images[no_mask[0]]}")
-        if no_image:
-            parts.append(f"{len(no_image)} mask(s) without an image, e.g. {masks[no_image[0]]}")
-        raise DataError(f"{root}: images/ and masks/ stems do not match: {'; '.join(parts)}")
+def folder_splits(root: Path, val_fraction: float, test_fraction: float, foreground_value: int | None,
+                  folder: Any = None) -> dict[str, SplitSource]:
+    """`<images>/` + `<masks>/` (`data.folder`) with matching stems (a mask's stem ends with
+    `mask_suffix`). Stems are ordered by a hash of the name (stable, independent of file order);
+    the first round(n * test_fraction) go to test, the next round(n * val_fraction) to val (at
+    least 1 each when the fraction is > 0), the rest to train."""
+    images_dir, masks_dir = getattr(folder, "images", "images"), getattr(folder, "masks", "masks")
+    suffix = getattr(folder, "mask_suffix", "")
+    channel, colour = getattr(folder, "mask_channel", None), getattr(folder, "foreground_color", None)
+    images, masks = _folder_files(root, images_dir, masks_dir, suffix)
+    _unmatched(root, images, masks, images_dir, masks_dir, suffix)
     stems = sorted(images, key=lambda s: (_unit_hash(s), s))
     n = len(stems)
 
@@ -167,16 +206,21 @@ def folder_splits(root: Path, val_fraction: float, test_fraction: float,
     n_test, n_val = count(test_fraction), count(val_fraction)
     parts = {"test": stems[:n_test], "val": stems[n_test:n_test + n_val], "train": stems[n_test + n_val:]}
     mode = "binary" if foreground_value is None else f"value{foreground_value}"
+    if colour is not None:
+        mode = "color{}.{}.{}".format(*colour)
+    elif channel is not None:
+        mode = f"ch{channel}.{mode}"
     out = {}
     for split in ("train", "val", "test"):
         names = sorted(parts[split])
         if not names:
             raise DataError(
-                f"{root}: the {split} split is empty ({n} image/mask pairs, "
+                f"{shown(root)}: the {split} split is empty ({n} image/mask pairs, "
                 f"folder.val_fraction={val_fraction}, folder.test_fraction={test_fraction})"
             )
         samples = tuple(Sample(s, images[s], masks[s]) for s in names)
-        out[split] = SplitSource("folder", split, samples, "binary", mode, foreground_value)
+        out[split] = SplitSource("folder", split, samples, "binary", mode, foreground_value, channel,
+                                 None if colour is None else tuple(colour))
     return out
 
 
@@ -187,10 +231,10 @@ def _read(path: Path, flags: int, what: str) -> np.ndarray:
     try:
         buffer = np.fromfile(path, dtype=np.uint8)
     except OSError as exc:
-        raise DataError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+        raise DataError(f"{shown(path)}: cannot read {what} ({exc.strerror or exc})") from None
     pixels = cv2.imdecode(buffer, flags) if buffer.size else None
     if pixels is None:
-        raise DataError(f"{path}: unreadable or corrupt {what} file")
+        raise DataError(f"{shown(path)}: unreadable or corrupt {what} file")
     return pixels
 
 
@@ -203,18 +247,9 @@ def decode_image(path: Path) -> np.ndarray:
     return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
 
 
-def decode_annotation(path: Path) -> np.ndarray:
-    """The raw annotation (H, W): trimap values or folder mask values (first channel if colour)."""
-    pixels = _read(path, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION, "mask")
-    return pixels[..., 0] if pixels.ndim == 3 else pixels
-
-
-def annotation_to_mask(raw: np.ndarray, source: SplitSource) -> np.ndarray:
-    """uint8 mask with 0 = background, 1 = foreground, 255 = ignored."""
-    if source.mask_kind == "binary":
-        fg = raw > 0 if source.foreground_value is None else raw == source.foreground_value
-        return fg.astype(np.uint8)
-    mode = source.mask_mode  # trimap: 1 = pet, 2 = background, 3 = boundary
+def trimap_to_mask(raw: np.ndarray, mode: str) -> np.ndarray:
+    """uint8 mask with 0 = background, 1 = foreground, 255 = ignored (trimap: 1 = pet, 2 =
+    background, 3 = boundary)."""
     if mode == "pet":
         return (raw == 1).astype(np.uint8)
     if mode == "pet_and_boundary":
@@ -226,6 +261,15 @@ def annotation_to_mask(raw: np.ndarray, source: SplitSource) -> np.ndarray:
         mask[raw == 3] = 255
         return mask
     raise ValueError(f"unknown mask mode {mode!r}")
+
+
+def read_mask(path: Path, source: SplitSource) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 mask (H, W) in {0, 1, 255}, the raw values the file holds)."""
+    if source.mask_kind == "binary":
+        foreground, values = read_binary(path, source)
+        return foreground.astype(np.uint8), values
+    raw, values = read_trimap(path)
+    return trimap_to_mask(raw, source.mask_mode), values
 
 
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:
@@ -252,26 +296,36 @@ def _check_sizes(sample: Sample, image_hw: tuple[int, int], mask_hw: tuple[int, 
         )
 
 
+def load_checked(sample: Sample, source: SplitSource, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """`load_sample`, plus the mask file's raw values and whether it has any foreground pixel."""
+    image = decode_image(sample.image)
+    mask, values = read_mask(sample.mask, source)
+    _check_sizes(sample, image.shape[:2], mask.shape[:2])
+    has_foreground = bool((mask == 1).any())
+    image, mask = resize_pair(image, mask, size)
+    return image, mask, values, has_foreground
+
+
 def load_sample(sample: Sample, source: SplitSource, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Decode, check and resize one sample: (uint8 (size, size, 3) RGB, uint8 (size, size) mask)."""
-    image = decode_image(sample.image)
-    raw = decode_annotation(sample.mask)
-    _check_sizes(sample, image.shape[:2], raw.shape[:2])
-    return resize_pair(image, annotation_to_mask(raw, source), size)
+    return load_checked(sample, source, size)[:2]
 
 
-def check_headers(source: SplitSource) -> None:
-    """Without a cache nothing is decoded up front: read every file's header (~0.1 ms each) so
-    unreadable files and size mismatches stop the run before training, not in the middle."""
+def check_sample(sample: Sample, source: SplitSource, size: int) -> tuple[np.ndarray, bool, bool]:
+    """Without a cache images are not decoded up front: check the image file (header, and a
+    PNG's chunks, so a truncated file stops the run before training) and read the mask in full.
+    Returns (the mask's raw values, has foreground, empty at `size`)."""
     from PIL import Image, UnidentifiedImageError
 
-    def header_size(path: Path, what: str) -> tuple[int, int]:
-        try:
-            with Image.open(path) as opened:
-                width, height = opened.size
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-            raise DataError(f"{path}: unreadable or corrupt {what} file") from None
-        return height, width
-
-    for sample in source.samples:
-        _check_sizes(sample, header_size(sample.image, "image"), header_size(sample.mask, "mask"))
+    try:
+        with Image.open(sample.image) as opened:
+            width, height = opened.size
+            opened.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        raise DataError(f"{shown(sample.image)}: unreadable or corrupt image file") from None
+    mask, values = read_mask(sample.mask, source)
+    _check_sizes(sample, (height, width), mask.shape[:2])
+    has_foreground = bool((mask == 1).any())
+    if mask.shape != (size, size):
+        mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST_EXACT)
+    return values, has_foreground, not bool((mask == 1).any())

@@ -74,7 +74,9 @@ class Factor:
     key: str
     levels: tuple[Any, ...]  # sorted with `level_key`
     baseline: Any
-    chosen_by: str  # "--baseline" or "most arms"
+    # "--baseline"; "base experiment" (its value, where that is not also the level most arms
+    # share); "most arms" (ties: first in sorted order; also where the base experiment agrees)
+    chosen_by: str
 
 
 @dataclass(frozen=True)
@@ -105,12 +107,17 @@ def parse_baseline(texts: Iterable[str]) -> dict[str, Any]:
 
 
 
-def group_arms(runs: Sequence[RunRecord], baseline: Mapping[str, Any] | None = None) -> Study:
-    """Group runs into arms, find the factors, their baselines and the design."""
+def group_arms(runs: Sequence[RunRecord], baseline: Mapping[str, Any] | None = None,
+               base: Mapping[str, Any] | None = None) -> Study:
+    """Group runs into arms, find the factors, their baselines and the design.
+
+    Each factor's baseline is its `baseline` entry (--baseline), else its value in `base` (the
+    sweep's base experiment, flattened) when that is one of its levels, else the level most
+    arms share."""
     if not runs:
         raise ReportError("no runs to group into arms")
     groups, configs = _group_configs(runs)
-    factors, varying = _find_factors(configs, dict(baseline or {}))
+    factors, varying = _find_factors(configs, dict(baseline or {}), dict(base or {}))
     order = sorted(
         groups,
         key=lambda k: tuple(level_key(_canonical(configs[k].get(f.key), f)) for f in factors),
@@ -135,7 +142,8 @@ def _group_configs(runs: Sequence[RunRecord]) -> tuple[dict[str, list[RunRecord]
     return groups, configs
 
 
-def _find_factors(configs: Mapping[str, dict[str, Any]], baseline: Mapping[str, Any]) -> tuple[list[Factor], list[str]]:
+def _find_factors(configs: Mapping[str, dict[str, Any]], baseline: Mapping[str, Any],
+                  base: Mapping[str, Any]) -> tuple[list[Factor], list[str]]:
     """The keys that vary across arms, as factors with their sorted levels and baseline."""
     all_keys = sorted(set().union(*(c.keys() for c in configs.values())))
     varying = [k for k in all_keys if len({json.dumps(c.get(k), default=str) for c in configs.values()}) > 1]
@@ -156,7 +164,12 @@ def _find_factors(configs: Mapping[str, dict[str, Any]], baseline: Mapping[str, 
                 )
             factors.append(Factor(key, tuple(levels), match[0], "--baseline"))
         else:
-            factors.append(Factor(key, tuple(levels), levels[counts.index(max(counts))], "most arms"))
+            most = levels[counts.index(max(counts))]
+            own = [lv for lv in levels if key in base and same_level(lv, _freeze(base[key]))]
+            if own and not same_level(own[0], most):
+                factors.append(Factor(key, tuple(levels), own[0], "base experiment"))
+            else:
+                factors.append(Factor(key, tuple(levels), most, "most arms"))
     unknown = sorted(set(baseline) - set(varying))
     if unknown:
         raise ReportError(

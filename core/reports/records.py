@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -241,3 +242,47 @@ def completed_trials(study: Any) -> list[Any]:
     import optuna
 
     return [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+
+
+# --------------------------------------------------------------------------- which data the runs were scored on
+
+# What decides the images a run is tested (and validated) on: the dataset, where it lives, and
+# how its splits are drawn (folder fractions and names, synthetic sizes, the mask target).
+# `data.limit_train` only thins the training split, so it may be a factor of a study.
+DATA_KEYS = ("data.name", "data.root", "data.val_every", "data.mask")
+DATA_PREFIXES = ("data.folder.", "data.synthetic.")
+
+
+def data_identity(run: RunRecord) -> dict[str, Any]:
+    """The config values that define the run's dataset and its splits (paths normalised)."""
+    out = {k: v for k, v in run.config.items() if k in DATA_KEYS or k.startswith(DATA_PREFIXES)}
+    if isinstance(out.get("data.root"), str):
+        out["data.root"] = os.path.normpath(os.path.expanduser(out["data.root"]))
+    return out
+
+
+def check_same_data(runs: Sequence[RunRecord], allow_mixed: bool = False) -> str | None:
+    """None when every run was scored on the same data and splits; else a `ReportError` naming
+    the first difference, or with `allow_mixed` that sentence, for the report to carry."""
+    if not runs:
+        return None
+    first, reference = runs[0], data_identity(runs[0])
+    for run in runs[1:]:
+        other = data_identity(run)
+        # A key only one record has is a field added since: its default, not a difference.
+        key = next((k for k in sorted(set(reference) & set(other)) if reference[k] != other[k]), None)
+        if key is None:
+            continue
+        note = (f"runs were scored on different data: {key} is {reference.get(key)!r} in {first.run_dir} "
+                f"but {other.get(key)!r} in {run.run_dir}, so their test Dice are not comparable")
+        if not allow_mixed:
+            raise ReportError(f"{note}; report them separately, or pass --allow-mixed-data to compare anyway")
+        return note
+    return None
+
+
+def base_experiment(sweep: Mapping[str, Any]) -> dict[str, Any]:
+    """The flattened resolved spec of the sweep's base experiment (`experiment_spec` in
+    sweep.yaml), or {} for run folders without one."""
+    spec = sweep.get("experiment_spec")
+    return flatten(spec) if isinstance(spec, Mapping) else {}

@@ -15,6 +15,7 @@ import torch
 
 from ..checkpoint import TopK, save_checkpoint
 from ..errors import SegsweepError
+from ..losses import DOUBLE_SIGMOID_WARNING
 from ..metrics import probabilities
 from ..record import (
     atomic_write_text, plot_curves, prediction_grid, remove_temporaries, save_prediction_png, write_json,
@@ -124,7 +125,7 @@ class TimeBudget(Callback):
         return self.seconds is not None and self.elapsed() >= self.seconds
 
     def on_epoch_end(self, state: TrainState, row: dict[str, float]) -> None:
-        if row["epoch"] == 1 and self.seconds is not None:
+        if row["epoch"] == 1 and self.seconds is not None and self.seconds < float("inf"):  # inf: no plan
             remaining = self.seconds - self.elapsed()
             epochs = state.spec.train.epochs
             state.schedule.plan(min(epochs, row["epoch"] + int(remaining / max(row["epoch_s"], 1e-9))))
@@ -193,6 +194,8 @@ class RunRecord(Callback):
             else:
                 (run_dir / "metrics.csv").unlink(missing_ok=True)
         atomic_write_text(run_dir / "config.yaml", spec_to_yaml(state.spec))
+        if state.summary.get("double_sigmoid"):
+            log.warning(DOUBLE_SIGMOID_WARNING)
 
     def on_epoch_end(self, state: TrainState, row: dict[str, float]) -> None:
         if state.is_main:

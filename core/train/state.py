@@ -18,12 +18,13 @@ from torch import nn
 from ..checkpoint import load_model_state
 from ..data import build_data
 from ..distributed import convert_sync_batchnorm
-from ..losses import build_loss
+from ..losses import build_loss, uses_double_sigmoid
 from ..models import build_model
 from ..optim import LrSchedule, build_optimizer
 from ..record import git_sha, library_versions, read_metrics
 from ..spec import ExperimentSpec, arm_hash, config_hash, spec_to_dict
 from .device import dist_info, resolve_device, resolve_precision, unwrap
+from .memory import check_memory
 from .seeding import rng_state, seed_everything, set_rng_state
 
 # The resume state inside a checkpoint (`payload["state"]`), in the order it has always been stored.
@@ -82,6 +83,7 @@ class TrainState:
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = not spec.train.deterministic
         precision = resolve_precision(spec.train.precision, device)
+        check_memory(spec, device)  # before the data are decoded: a run that cannot fit is refused here
         seed_everything(spec.seed)
         data = build_data(spec, rank=rank, world_size=world)
         model = build_model(spec.model).to(device)
@@ -100,6 +102,8 @@ class TrainState:
             "name": spec.name, "seed": spec.seed, "run_dir": str(run_dir),
             "device": str(device), "precision": precision, "versions": library_versions(),
             "time_budget_s": spec.train.time_budget_s, "world_size": world, **state.meta,
+            "double_sigmoid": uses_double_sigmoid(spec),  # the study's BCE on a sigmoid output, on purpose
+            **data.summary(),  # test/images, test/empty_masks: where per-image Dice's both-empty rule decides
         }
         return state
 
