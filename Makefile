@@ -11,7 +11,7 @@ venv: $(STAMP)
 # pip (not uv/poetry): torch comes from the wheels already on this machine's disk.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench,export,dashboard,slurm,postgres]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -12,9 +12,15 @@ wandb until a function needs them).
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
 
 __version__ = "0.2.0"
+
+# albumentations < 2.1 asks PyPI for a newer release when first imported (a blocking request on
+# a machine without network). Every segsweep module is imported through this package, so this
+# runs before any import of albumentations here; a value the user set is kept.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 # public name -> the module (relative to this package) that defines it
 _API = {

@@ -16,6 +16,7 @@ import os
 import platform
 import secrets
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -225,18 +226,26 @@ def git_sha() -> str:
         return "unknown"
 
 
-def library_versions() -> dict[str, str]:
-    import albumentations
-    import torch
-    import torchvision
+VERSIONED = ("torch", "torchvision", "albumentations", "numpy")  # what summary.json records
 
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "albumentations": albumentations.__version__,
-        "numpy": np.__version__,
-    }
+
+def library_versions() -> dict[str, str]:
+    """Python's and each `VERSIONED` library's version, importing none of them.
+
+    A module already imported reports its `__version__` (torch's keeps the build tag, e.g.
+    '2.5.1+cu124'); any other is read from installed metadata. Importing albumentations just
+    for its version would run its PyPI update check.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"python": platform.python_version()}
+    for name in VERSIONED:
+        loaded = getattr(sys.modules.get(name), "__version__", None)
+        try:
+            versions[name] = str(loaded) if loaded else version(name)
+        except PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
 
 
 # --------------------------------------------------------------------------- plots

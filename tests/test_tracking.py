@@ -209,7 +209,8 @@ def test_offline_run_gives_the_exact_sync_command(tracked_run, cli_output, capsy
 def test_tensorboard_has_the_same_series_and_the_grid(tracked_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(tracked_run["run_dir"] / "tensorboard"),
+    # One TensorBoard run per training run, named for its arm (job_type) and seed.
+    events = EventAccumulator(str(tracked_run["run_dir"] / "tensorboard" / "arm-1-s0"),
                               size_guidance={"scalars": 0, "images": 0, "tensors": 0})
     events.Reload()
     for key in ("train/loss", "val/dice", "val/iou", "lr", "img_per_s"):

@@ -49,7 +49,7 @@ def test_run_mirrors_metrics_to_wandb_offline_and_tensorboard(tmp_path: Path, ti
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
+    events = EventAccumulator(str(run_dir / "tensorboard" / "quickstart-s0"), size_guidance={"scalars": 0, "images": 0})
     events.Reload()
     series = events.Scalars("val/dice")
     assert [e.step for e in series] == [1, 2, 3]

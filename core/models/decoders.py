@@ -1,7 +1,9 @@
 """Decoders for the ResNet34 encoder's five feature maps (`model.decoder`, found in `DECODERS`).
 
 Each takes `(base_channels, batchnorm, dropout)`, maps the encoder features at 1/2 ... 1/32 to
-full resolution, and says its `out_channels` (what the 1x1 head reads).
+full resolution, and says its `out_channels` (what the head reads). A decoder may also set
+`head_kernel_size` (1 unless set) and `initialize(head)`, its own default initialisation of itself
+and the head (what `model.init: pytorch` gives it).
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import torch.nn as nn
 
 from ..registry import Registry
 from .blocks import ConvBNReLU, DoubleConv, Up, dropout_layer
+from .init import smp_init
 
 DECODERS = Registry("decoder")
 
@@ -76,7 +79,13 @@ class SmpDecoder(nn.Module):
     """The decoder of segmentation_models_pytorch's `Unet("resnet34")`: each step up-samples by
     nearest neighbour (no transposed conv), concatenates the skip (layer3, layer2, layer1, the
     stem conv, then none) and applies (conv 3x3 - BN - ReLU) x 2, to 4w / 2w / w / w/2 / w/4
-    channels: 256/128/64/32/16 at w = 64, smp's default. Dropout2d on layer4's output."""
+    channels: 256/128/64/32/16 at w = 64, smp's default. Dropout2d on layer4's output.
+
+    With smp's 3x3 segmentation head and smp's initialisation (`smp_init`), at w = 64 with
+    BatchNorm and no dropout the whole model is `smp.Unet("resnet34", encoder_weights=None,
+    classes=1)`: the same modules, the same outputs for the same weights (tests/test_smp_equality.py)."""
+
+    head_kernel_size = 3
 
     def __init__(self, base_channels: int, batchnorm: bool, dropout: float):
         super().__init__()
@@ -96,3 +105,5 @@ class SmpDecoder(nn.Module):
             x = block(x if skip is None else torch.cat([x, skip], dim=1))
         return x  # (B, w/4, H, W)
 
+    def initialize(self, head: nn.Module) -> None:
+        smp_init(self, head)

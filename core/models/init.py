@@ -77,3 +77,23 @@ def init_weights(module: nn.Module, scheme: Init, encoder: bool = False) -> None
                 m.weight.fill_(1.0)
                 m.bias.zero_()
 
+
+@torch.no_grad()
+def smp_init(decoder: nn.Module, head: nn.Module) -> None:
+    """segmentation_models_pytorch's own initialisation, its `initialize_decoder` and
+    `initialize_head` rule for rule: decoder convs Kaiming-uniform (fan-in, ReLU gain), BatchNorm
+    weight 1 and bias 0; head convs Xavier-uniform; conv biases 0. The same torch.nn.init calls in
+    the same module order, so a build seeded like smp's draws smp's values."""
+    for m in decoder.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_uniform_(m.weight, mode="fan_in", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.constant_(m.bias, 0)
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            nn.init.constant_(m.weight, 1)
+            nn.init.constant_(m.bias, 0)
+    for m in head.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.constant_(m.bias, 0)

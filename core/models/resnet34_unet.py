@@ -115,7 +115,8 @@ class ResNet34Encoder(nn.Module):
 
 @MODELS.register("resnet34_unet")
 class ResNet34UNet(SegmentationModel):
-    """torchvision's ResNet34 as the encoder with a `lab`, `unet` or `smp` decoder and a 1x1 head.
+    """torchvision's ResNet34 as the encoder with a `lab`, `unet` or `smp` decoder and a conv head
+    (1x1; 3x3 for `smp`, as smp's segmentation head).
 
     `base_channels` scales the decoder width only (the encoder is always ResNet34): the `unet`
     decoder uses 4b/2b/b/b/(b/2) channels, `smp` 4b/2b/b/(b/2)/(b/4) and the `lab` decoder b/2,
@@ -137,7 +138,11 @@ class ResNet34UNet(SegmentationModel):
         self.pretrained = encoder_weights == "imagenet"
         self.encoder = ResNet34Encoder(in_channels, batchnorm, encoder_weights)
         self.decoder = make_decoder(base_channels, batchnorm, dropout)
-        self.head = nn.Conv2d(self.decoder.out_channels, 1, kernel_size=1)
+        k = getattr(self.decoder, "head_kernel_size", 1)
+        self.head = nn.Conv2d(self.decoder.out_channels, 1, kernel_size=k, padding=k // 2)
+        initialize = getattr(self.decoder, "initialize", None)
+        if initialize is not None:  # the decoder's own default (smp's init), overridden by a model.init scheme
+            initialize(self.head)
 
     @classmethod
     def from_spec(cls, spec: ModelSpec, in_channels: int = 3) -> "ResNet34UNet":

@@ -21,7 +21,7 @@ class Cell:
 
     label: str  # 'model.init=paper,model.dropout=0.1' or 'baseline'
     overrides: dict[str, Any]
-    params: dict[str, Any]  # what Optuna records as the trial's params (besides `seed`)
+    params: dict[str, Any]  # what Optuna records as the trial's params (the seed is a user attr)
 
 
 @dataclass(frozen=True)
@@ -73,14 +73,13 @@ def job_type(label: str) -> str:
 
 
 def arm_choices(sweep: Sweep) -> dict[str, tuple[Any, ...]]:
-    """Categorical choices of each grid param (as Optuna records them), seeds included."""
+    """Categorical choices of each grid param (as Optuna records them); the seed is not one."""
     choices: dict[str, list[Any]] = {}
     for cell in sweep.cells:
         for key, value in cell.params.items():
             bucket = choices.setdefault(key, [])
             if value not in bucket:
                 bucket.append(value)
-    choices["seed"] = list(sweep.seeds)
     return {k: tuple(v) for k, v in choices.items()}
 
 

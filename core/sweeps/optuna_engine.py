@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import shutil
 import signal
+import sys
 import time
 import warnings
 from dataclasses import replace
@@ -23,9 +25,10 @@ from optuna.trial import TrialState
 
 from ..errors import SegsweepError, SweepError
 from ..record import atomic_write_text, check_writable
+from .adaptive import SeedSchedule, run_rounds
 from .cells import Sweep
 from .engines import Echo, FitFn, SweepOutcome, real_fit
-from .outputs import closing_lines, write_trials_csv
+from .outputs import SweepProgress, closing_lines, hide_terminal, write_trials_csv
 from .storage import check_storage_for_workers, claim_waiting, is_rdb_url, masked_url, open_storage
 from .study import budget_used, enqueue_grid, make_pruner, make_sampler, open_study, pending_trials
 from .trial import WorkerPlan, run_trial
@@ -48,15 +51,25 @@ def run_optuna_sweep(sweep: Sweep, *, workers: int, storage: str | None, results
     study_id = store.get_study_id_from_name(sweep.name)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     where = _write_sweep_yaml(sweep, sweep_dir, location)
-    echo(_queue(study, sweep, where))
+    adaptive = isinstance(sweep.spec.seeds, SeedSchedule)
+    if not adaptive:
+        echo(_queue(study, sweep, where))
 
     plan = WorkerPlan(sweep=sweep, sweep_dir=sweep_dir, storage=location, fit_fn=fit_fn,
                       threads=max(1, _cores() // workers) if workers > 1 else None,
-                      show_logs=bool(logging.getLogger("segsweep").handlers))
-    interrupted = run_worker(plan) if workers == 1 else _run_workers(plan, workers, echo)
+                      show_logs=bool(logging.getLogger("segsweep").handlers), progress_bars=workers == 1)
+
+    def run_round() -> bool:
+        return run_worker(plan) if workers == 1 else _run_workers(plan, workers, echo, SweepProgress(
+            store, study_id, sweep, enabled=sys.stderr.isatty()))
+
+    if adaptive:  # rounds of seeds, each analysed before the next is queued
+        interrupted, pending = run_rounds(study, store, study_id, sweep, sweep_dir, run_round, echo, where)
+    else:
+        interrupted = run_round()
+        pending = pending_trials(store.get_all_trials(study_id, deepcopy=False), sweep)
 
     rows = write_trials_csv(store, study_id, sweep, sweep_dir)
-    pending = pending_trials(store.get_all_trials(study_id, deepcopy=False), sweep)
     for line in closing_lines(rows, sweep, sweep_dir, pending):
         echo(line)
     code = 130 if interrupted else (1 if pending else 0)
@@ -169,6 +182,8 @@ def _worker_entry(plan: WorkerPlan) -> None:
         from ..cli import install_log_handler
 
         install_log_handler()
+    if not plan.progress_bars:
+        hide_terminal()
     try:
         interrupted = run_worker(plan)
     except SegsweepError as exc:
@@ -189,18 +204,24 @@ def start_workers(plan: WorkerPlan, workers: int) -> list[multiprocessing.proces
     return processes
 
 
-def _run_workers(plan: WorkerPlan, workers: int, echo: Echo) -> bool:
-    """Start the worker processes and wait for them; True when a signal interrupted the sweep."""
+def _run_workers(plan: WorkerPlan, workers: int, echo: Echo, progress: SweepProgress) -> bool:
+    """Start the worker processes and wait for them, updating the sweep's one progress bar;
+    True when a signal interrupted the sweep."""
     interrupted = False
     processes = start_workers(plan, workers)
-    while processes:
-        try:
-            for process in processes:
-                process.join()
-            break
-        except KeyboardInterrupt:
-            interrupted = True
-            echo("interrupted: workers finish their current step, save and stop")
+    poll = min(plan.sweep.spec.optuna.heartbeat_interval, 2)
+    try:
+        while processes:
+            try:
+                while any(p.is_alive() for p in processes):
+                    multiprocessing.connection.wait([p.sentinel for p in processes if p.is_alive()], poll)
+                    progress.update()
+                break
+            except KeyboardInterrupt:
+                interrupted = True
+                echo("interrupted: workers finish their current step, save and stop")
+    finally:
+        progress.close()
     interrupted = interrupted or any(p.exitcode == 130 for p in processes)
     for index, process in enumerate(processes):
         if process.exitcode == 2:

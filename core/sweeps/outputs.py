@@ -1,18 +1,25 @@
 """What a sweep leaves and shows: trials.csv rebuilt from the storage, the ranked console summary,
-the disk its trial runs use, and the closing lines of the command."""
+the one progress bar of several workers, the disk its trial runs use, and the closing lines."""
 from __future__ import annotations
 
+import importlib.util
+import logging
 import math
 import os
+import shlex
 import statistics
+import sys
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence, TextIO
 
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from ..record import atomic_write_text, csv_text
 from .cells import Sweep, base_values
+from .study import trials_done
+
+log = logging.getLogger(__name__)
 
 TRIAL_COLUMNS = ("seed", "cell", "state", "status", "value", "val/dice", "test/dice", "epochs", "wall_s",
                  "config_hash", "host", "run_dir")
@@ -116,8 +123,66 @@ def closing_lines(rows: Sequence[Mapping[str, Any]], sweep: Sweep, sweep_dir: Pa
     lines.append(f"disk used by trial runs: {human_size(disk_usage(runs))} in {runs} (best.pt kept for every trial; "
                  f"last.pt {kept})")
     lines.append(f"trials: {sweep_dir / 'trials.csv'}")
+    extra = "" if importlib.util.find_spec("optuna_dashboard") else "  (first: pip install 'segsweep[dashboard]')"
+    lines.append(f"dashboard: segsweep dashboard {shlex.quote(str(sweep_dir))}{extra}")
     if pending:
         what = "cell x seed trial(s)" if sweep.method == "grid" else "trial(s) of run_cap"
         lines.append(f"{pending} {what} not done (waiting, failed, interrupted or stale): rerun the same command to "
                      "run them")
     return lines
+
+
+# --------------------------------------------------------------------------- progress of several workers
+
+
+class SweepProgress:
+    """The one progress bar of a sweep run by several worker processes: trials done of the
+    sweep's total, read from the storage (so trials finished by other machines count too).
+    Drawn only on a terminal, like every segsweep bar; the workers draw none (`NotATerminal`)."""
+
+    def __init__(self, storage: BaseStorage, study_id: int, sweep: Sweep, enabled: bool) -> None:
+        self.storage, self.study_id, self.sweep = storage, study_id, sweep
+        self.bar: Any = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            done, total = self._counts()
+            self.bar = tqdm(total=total, initial=done, desc=f"sweep {sweep.name}", unit="trial", dynamic_ncols=True)
+
+    def _counts(self) -> tuple[int, int]:
+        return trials_done(self.storage.get_all_trials(self.study_id, deepcopy=False), self.sweep)
+
+    def update(self) -> None:
+        if self.bar is None:
+            return
+        try:
+            self.bar.n = self._counts()[0]
+        except Exception as exc:  # a storage hiccup must not stop the driver waiting for its workers
+            log.debug(f"progress: cannot read the storage ({exc})")
+            return
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.update()
+            self.bar.close()
+
+
+class NotATerminal:
+    """A worker's stderr: what it writes still reaches the terminal, but `isatty()` is False, so
+    the bars of `fit` and the data cache (drawn only on a terminal) stay off in that process."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def isatty(self) -> bool:
+        return False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def hide_terminal() -> None:
+    """Make this process's bars stay off (a worker of several: the driver draws the one bar)."""
+    if not isinstance(sys.stderr, NotATerminal):
+        sys.stderr = NotATerminal(sys.stderr)  # type: ignore[assignment]

@@ -27,6 +27,8 @@ from .spec import OptunaSpec
 log = logging.getLogger(__name__)
 
 HEARTBEAT_ATTR = "segsweep:heartbeat"  # system attr: last heartbeat (epoch seconds) of a journal trial
+HIDDEN = "***"  # what a masked URL shows instead of a password
+SECRET_QUERY_KEYS = ("password", "passwd", "pwd")  # libpq, MySQL drivers
 
 
 class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
@@ -74,19 +76,71 @@ def is_rdb_url(location: str) -> bool:
 
 
 def masked_url(url: str) -> str:
-    """The URL without its password, for messages."""
-    if "://" not in url or "@" not in url:
+    """The URL without its password (also one in the query string), for messages and records;
+    a journal file path as it is. Parsed by SQLAlchemy, as the storage will parse it."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    if not is_rdb_url(url):
         return url
-    scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}" if ":" in creds else url
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):  # unparsable: show nothing after the scheme
+        return url.split(":", 1)[0] + "://***"
+    hidden = {key: HIDDEN for key in parsed.query if key.lower() in SECRET_QUERY_KEYS}
+    return parsed.update_query_dict(hidden).render_as_string(hide_password=True)
+
+
+def hides_secret(url: str) -> bool:
+    """Whether `url` is a masked one (its password shown as ***): it cannot open the storage."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    return HIDDEN in (parsed.password, parsed.host) or any(parsed.query.get(k) == HIDDEN for k in SECRET_QUERY_KEYS)
+
+
+def locate_storage(target: str) -> tuple[str, str | None]:
+    """(storage, study name) for `segsweep dashboard TARGET`: a sweep folder (its sweep.yaml says
+    where the study lives, and its name), a journal file, or a database URL (every study in it)."""
+    if is_rdb_url(target):
+        return target, None
+    path = Path(target)
+    if path.is_file():
+        return str(path), None
+    if not path.is_dir():
+        raise SweepError(f"{target}: no such folder or file; expected a sweep folder (results/sweeps/NAME), "
+                         "its journal.log, or a database URL (postgresql://user@host/db)")
+    record = path / "sweep.yaml"
+    if not record.is_file():
+        raise SweepError(f"{target}: not a sweep folder (no sweep.yaml); expected a folder made by `segsweep sweep`, "
+                         "a journal file, or a database URL")
+    import yaml
+
+    tree = yaml.safe_load(record.read_text()) or {}
+    name, location = tree.get("name"), (tree.get("optuna") or {}).get("storage")
+    if not isinstance(name, str) or not isinstance(location, str):
+        raise SweepError(f"{record}: expected the keys `name` and `optuna.storage` that `segsweep sweep` records")
+    if is_rdb_url(location):
+        if hides_secret(location):
+            raise SweepError(f"{record}: the storage is recorded as {location}, its password hidden; give the URL "
+                             "itself (keep the password in PGPASSWORD or ~/.pgpass): segsweep dashboard "
+                             "postgresql://USER@HOST/DB")
+        return location, name
+    journal = path / location
+    if not journal.is_file():
+        raise SweepError(f"{record}: its journal {journal} does not exist (moved or deleted?); "
+                         "give the journal file or database URL itself")
+    return str(journal), name
 
 
 def resolve_rdb_url(url: str) -> str:
-    """`postgresql://` means psycopg 3 to SQLAlchemy >= 2.1; use psycopg2 (our `postgres` extra) when only it is here."""
-    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None \
-            and importlib.util.find_spec("psycopg2") is not None:
-        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    """A plain `postgresql://` URL gets the driver that is installed: psycopg 3 (the `postgres` extra)
+    first, else psycopg2 (SQLAlchemy 2.0 alone would pick psycopg2, 2.1 psycopg 3). A URL that
+    names its driver (`postgresql+psycopg2://`) is kept as given."""
+    if url.startswith("postgresql://"):
+        for module in ("psycopg", "psycopg2"):
+            if importlib.util.find_spec(module) is not None:
+                return f"postgresql+{module}://" + url.removeprefix("postgresql://")
     return url
 
 

@@ -13,6 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import SweepError
 from .cells import Sweep, cell_config_hash
+from .launch_resume import resumes
 from .storage import is_retry
 
 OCCUPYING = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
@@ -62,6 +63,7 @@ def open_study(sweep: Sweep, storage: BaseStorage, wait_s: float = 30.0) -> optu
         study = optuna.load_study(**common)
     else:
         study.set_user_attr("sweep_hash", sweep.hash)
+        name_objective(study, sweep)
         for key, value in {"sweep_file": str(sweep.path), "method": sweep.method, "metric": sweep.spec.metric.name,
                            "seeds": list(sweep.seeds), "sampler_seed": sweep.spec.optuna.sampler_seed,
                            "pruner": sweep.spec.pruner, "overrides": list(sweep.overrides)}.items():
@@ -80,7 +82,16 @@ def open_study(sweep: Sweep, storage: BaseStorage, wait_s: float = 30.0) -> optu
             f"(sweep hash {theirs}, this one {sweep.hash}; file {study.user_attrs.get('sweep_file')}, overrides "
             f"{study.user_attrs.get('overrides')}); nothing was run: give this sweep another `name:`, another "
             "--results/--storage, or rerun with the original spec and overrides")
+    if study.metric_names is None:  # a study made before segsweep named its objective
+        name_objective(study, sweep)
     return study
+
+
+def name_objective(study: optuna.Study, sweep: Sweep) -> None:
+    """Name the objective after the sweep's metric (optuna-dashboard shows "val/dice", not "Objective 0")."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        study.set_metric_names([sweep.spec.metric.name])
 
 
 def holds(trial: FrozenTrial) -> bool:
@@ -94,8 +105,11 @@ def enqueue_grid(study: optuna.Study, sweep: Sweep) -> int:
     """Queue every cell x seed whose config hash no trial holds yet (idempotent across reruns).
 
     Seed-major order: all cells of the first seed finish first, so a partial sweep still compares
-    every arm. Two drivers enqueueing at the same moment may both queue a cell; the claim rule in
-    `duplicate_of` lets only the lower-numbered copy run.
+    every arm. The seed is a user attribute (and part of the config hash), never a parameter: it
+    is a replicate, not a choice to rank (studies queued before that hold it as a parameter too;
+    they resume unchanged, since a cell's identity is its config hash). Two drivers enqueueing at
+    the same moment may both queue a cell; the claim rule in `duplicate_of` lets only the
+    lower-numbered copy run.
     """
     held = {t.user_attrs.get("config_hash") for t in study.get_trials(deepcopy=False) if holds(t)}
     queued = 0
@@ -104,7 +118,7 @@ def enqueue_grid(study: optuna.Study, sweep: Sweep) -> int:
             chash, ahash = cell_config_hash(sweep, cell, seed)
             if chash in held:
                 continue
-            study.enqueue_trial({**cell.params, "seed": seed}, user_attrs={
+            study.enqueue_trial(dict(cell.params), user_attrs={
                 "config_hash": chash, "arm_hash": ahash, "seed": seed, "cell": cell.label, "overrides": cell.overrides,
             })
             held.add(chash)
@@ -123,11 +137,13 @@ def duplicate_of(trials: Sequence[FrozenTrial], me: FrozenTrial) -> FrozenTrial 
     it, so if a ran, it had finished failing before b started (b is its retry), or it was failed
     as stale while its worker was merely slow: that copy then stops at its next epoch (the hook
     sees the trial is no longer RUNNING) and its `tell` is refused, so only b can COMPLETE.
-    A COMPLETE trial of the hash, whatever its number, also makes `me` a duplicate.
+    A COMPLETE trial of the hash, whatever its number, also makes `me` a duplicate. A resume
+    copy (`launch_resume`) skips the trial it continues: that one stopped training before
+    queuing the copy and is failed right after.
     """
     chash = me.user_attrs.get("config_hash")
     for other in trials:
-        if other.number == me.number or other.user_attrs.get("config_hash") != chash:
+        if other.number in (me.number, resumes(me)) or other.user_attrs.get("config_hash") != chash:
             continue
         if other.state == TrialState.COMPLETE or (other.number < me.number and holds(other)):
             return other
@@ -153,3 +169,9 @@ def pending_trials(trials: Sequence[FrozenTrial], sweep: Sweep) -> int:
         TrialState.WAITING, TrialState.RUNNING)}
     return sum(1 for seed in sweep.seeds for cell in sweep.cells if cell_config_hash(sweep, cell, seed)[0] not in done)
 
+
+def trials_done(trials: Sequence[FrozenTrial], sweep: Sweep) -> tuple[int, int]:
+    """(done, total) for the sweep's progress bar: cells x seeds (grid) or run_cap trials settled."""
+    total = len(sweep.cells) * len(sweep.seeds) if sweep.method == "grid" else (sweep.spec.run_cap or 0)
+    finished = [t for t in trials if t.state not in (TrialState.WAITING, TrialState.RUNNING)]
+    return min(total, total - pending_trials(finished, sweep)), total

@@ -7,11 +7,13 @@ disables itself and lets training carry on. `load_wandb_log` reads W&B's offline
     wandb_mode.py           W&B credentials and the mode (`auto` -> online/offline), no login
     wandb_tracker.py        `WandbTracker` (imports `wandb` only when a run starts)
     tensorboard_tracker.py  `TensorBoardTracker` (imports TensorBoard only when a run starts)
+    hparams.py              TensorBoard HParams summaries of one run, written into its own writer
     offline_log.py          reading a run's `.wandb` transaction log
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 from ..spec import ExperimentSpec
 from .base import GuardedTracker, MultiTracker, Tracker, TrackingWarning
@@ -35,17 +37,19 @@ __all__ = [
 ]
 
 
-def build_tracker(spec: ExperimentSpec, run_dir: Path | None = None) -> Tracker:
+def build_tracker(spec: ExperimentSpec, run_dir: Path | None = None,
+                  factor_levels: Mapping[str, Sequence[Any]] | None = None) -> Tracker:
     """The trackers `spec.tracking` asks for: W&B unless `mode: disabled`, TensorBoard if set.
 
     Nothing is imported or contacted here; `start` does that. `run_dir` is accepted for the
     contract's signature: every tracker writes inside the run_dir given to `start`.
+    `factor_levels`: a sweep's factors and their levels (TensorBoard's HParams domains).
     """
     trackers: list[Tracker] = []
     if spec.tracking.wandb.mode != "disabled":
         trackers.append(WandbTracker())
     if spec.tracking.tensorboard:
-        trackers.append(TensorBoardTracker())
+        trackers.append(TensorBoardTracker(factor_levels))
     if not trackers:
         return Tracker()
     return trackers[0] if len(trackers) == 1 else MultiTracker(trackers)

@@ -1,10 +1,13 @@
 """`WandbTracker`: one W&B run per training run, offline unless W&B is reachable.
 
-`wandb` is imported only when a run starts, so `import segsweep.tracking` stays light.
+`wandb` is imported only when a run starts, so `import segsweep.tracking` stays light. The run
+id is kept in `<run_dir>/wandb_id`: a resumed run folder continues the same W&B run. An offline
+run turns W&B's own telemetry off, so it opens no connection.
 """
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 import time
 import warnings
@@ -13,6 +16,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ..record import atomic_write_text
 from ..spec import ExperimentSpec, WandbSpec, flatten, spec_to_dict
 from .base import GuardedTracker, TrackingWarning, plain
 from .offline_log import LOG_FLUSH_TIMEOUT_S, wait_for_wandb_log
@@ -20,6 +24,7 @@ from .wandb_mode import resolve_wandb_mode
 
 log = logging.getLogger(__name__)
 
+RUN_ID_FILE = "wandb_id"  # in the run folder: the W&B run that `--resume` continues
 INIT_TIMEOUT_S = 30.0  # wandb.init gives up after this (online); offline starts in < 1 s
 FINISH_TIMEOUT_S = 120.0  # an online run stops waiting for uploads; `wandb sync` sends the rest
 
@@ -48,6 +53,43 @@ def _wandb_settings(wandb: Any, mode: str) -> Any:
     else:
         wanted = {k: wanted[k] for k in ("mode", "silent", "console")}
     return wandb.Settings(**wanted)
+
+
+def _offline_quiet() -> None:
+    """No W&B telemetry from a process that records offline: set before `import wandb`.
+
+    wandb 0.31's OpenTelemetry proxy takes its server from the process-wide settings, not the
+    run's, so an offline run still posts its counters to api.wandb.ai from a background thread
+    (at exit at the latest); wandb < 0.20 reads the same variable for its Sentry reports. A
+    value the user set (WANDB_ERROR_REPORTING=true) is kept.
+    """
+    os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
+
+
+def _telemetry_off(wandb: Any) -> None:
+    """Turn the OpenTelemetry proxy off for the process (wandb >= 0.31; older ones have none),
+    unless the user asked for W&B's error reporting."""
+    if wandb.env.error_reporting_enabled():
+        return
+    try:
+        from wandb.analytics.opentelemetry import opentelemetry_proxy
+    except ImportError:
+        return
+    opentelemetry_proxy.disable()
+
+
+def read_run_id(run_dir: str | Path) -> str | None:
+    """The W&B run id a run folder keeps in `wandb_id` (None before its first W&B start)."""
+    try:
+        return (Path(run_dir) / RUN_ID_FILE).read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
+
+
+def offline_pieces(run_dir: str | Path, run_id: str) -> list[Path]:
+    """The offline folders of one W&B run in a run folder, oldest first: one per session
+    (a resumed run adds one; their names start with the session's start time)."""
+    return sorted(Path(run_dir).glob(f"wandb/offline-run-*-{run_id}*"), key=lambda p: p.name)
 
 
 class WandbTracker(GuardedTracker):
@@ -79,49 +121,69 @@ class WandbTracker(GuardedTracker):
             return
         if wb.mode == "online" and self.mode != "online":
             warnings.warn(f"W&B: {self.mode_reason}; logging offline", TrackingWarning, stacklevel=2)
+        if self.mode != "online":
+            _offline_quiet()
         try:
             import wandb
+
+            if self.mode != "online":
+                _telemetry_off(wandb)
         except Exception as exc:
             self._fail("import wandb", exc)
             return
         config = flatten(spec_to_dict(spec))  # dotted keys: W&B's parallel coordinates use them
         config.update({k: plain(meta[k]) for k in ("git_sha", "config_hash", "arm_hash") if k in meta})
+        saved_id = read_run_id(run_dir)
         init = dict(
             dir=str(run_dir), project=wb.project, entity=wb.entity, group=wb.group,
             job_type=wb.job_type, tags=list(wb.tags) or None, name=wb.name or spec.name,
             notes=wb.notes, config=config,
+            # A resumed run folder continues its W&B run (online: the same run on the server).
+            **({"id": saved_id, "resume": "allow"} if saved_id else {}),
         )
-        try:
-            Path(run_dir).mkdir(parents=True, exist_ok=True)
-            self.run = wandb.init(settings=_wandb_settings(wandb, self.mode), **init)
-        except Exception as exc:
-            if self.mode != "online":
-                self._fail("wandb.init", exc)
-                return
-            # The server answered a moment ago; record offline rather than not at all.
-            warnings.warn(f"W&B online start failed ({type(exc).__name__}: {exc}); continuing offline",
-                          TrackingWarning, stacklevel=2)
-            self.mode, self.mode_reason = "offline", "online start failed"
-            try:
-                self.run = wandb.init(settings=_wandb_settings(wandb, "offline"), **init)
-            except Exception as exc2:
-                self._fail("wandb.init (offline fallback)", exc2)
-                return
+        if not self._init(wandb, run_dir, init):
+            return
         self.active = True
         try:
             self.run.define_metric("epoch")
             self.run.define_metric("*", step_metric="epoch")
             self.sync_dir = Path(self.run.settings.sync_dir)
+            if saved_id != self.run.id:
+                atomic_write_text(Path(run_dir) / RUN_ID_FILE, self.run.id + "\n")
         except Exception as exc:
             self._fail("define_metric", exc)
             return
         if self.mode == "offline":
-            self.sync_command = f"wandb sync {shlex.quote(str(self.sync_dir))}"
+            pieces = offline_pieces(run_dir, self.run.id) or [self.sync_dir]
+            self.sync_command = "wandb sync " + " ".join(shlex.quote(str(p)) for p in pieces)
         self.startup_s = time.perf_counter() - started
         if self.verbose:
             where = self.run.url if self.mode == "online" else self.sync_dir
-            log.info(f"wandb: {self.mode} run {where} ({self.mode_reason}; "
+            resumed = f", continuing run {saved_id}" if saved_id else ""
+            log.info(f"wandb: {self.mode} run {where} ({self.mode_reason}{resumed}; "
                      f"ready in {self.startup_s:.1f} s)")
+
+    def _init(self, wandb: Any, run_dir: Path, init: dict[str, Any]) -> bool:
+        """`wandb.init`; an online start that fails is retried offline. False: disabled."""
+        try:
+            Path(run_dir).mkdir(parents=True, exist_ok=True)
+            self.run = wandb.init(settings=_wandb_settings(wandb, self.mode), **init)
+            return True
+        except Exception as exc:
+            if self.mode != "online":
+                self._fail("wandb.init", exc)
+                return False
+            # The server answered a moment ago; record offline rather than not at all.
+            warnings.warn(f"W&B online start failed ({type(exc).__name__}: {exc}); continuing offline",
+                          TrackingWarning, stacklevel=3)
+            self.mode, self.mode_reason = "offline", "online start failed"
+        try:
+            _telemetry_off(wandb)
+            self.run = wandb.init(settings=_wandb_settings(wandb, "offline"), **init)
+            return True
+        except Exception as exc2:
+            self._fail("wandb.init (offline fallback)", exc2)
+            return False
 
     def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
         if not self.active:

@@ -239,9 +239,7 @@ def train_one_epoch(
     for batch_images, masks, _ in _progress(loader, f"epoch {epoch} train", len(loader)):
         if on_batch is not None:
             on_batch()
-        lr = schedule.lr(step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        schedule.apply(optimizer, step)  # lr (and onecycle's momentum) for this step
         batch_images = batch_images.to(device, non_blocking=True, memory_format=memory_format)
         masks = masks.to(device, non_blocking=True)
         with autocast(device, precision):
@@ -300,9 +298,9 @@ def evaluate(
         if should_stop is not None and should_stop():
             break
     loss_sum, count = _all_reduce_sum(loss_sum, count, device)
-    result = meter.sync().compute()  # every rank's images, once each
+    result = meter.sync().compute(order=ids)  # every rank's images, once each; the study's batches in file order
     return EvalResult(float(loss_sum) / max(1, count), result["dice"], result["dice_global"], result["iou"],
-                      result["per_image"])
+                      result["per_image"], result["dice_soft_batch8"])
 
 
 def _all_reduce_sum(loss_sum: torch.Tensor, count: int, device: torch.device) -> tuple[torch.Tensor, int]:
