@@ -3,7 +3,10 @@ for their weighted sum. Each term takes the model's output as logits or as proba
 (`head`), skips ignored pixels (mask == 255) and computes in fp32.
 
 Adding a term is one file: a `LossTerm` subclass decorated `@LOSSES.register("name")`; its weight
-is then the spec key `loss.name` (0 by default).
+is then the spec key `loss.name` (0 by default), and its `check_spec` its rules on the whole spec.
+
+No head and loss ever apply a sigmoid twice, except on purpose: `loss.double_sigmoid_bce` is the
+study's BCE (`BCEWithLogitsLoss` on a sigmoid head's output), for reproducing what it ran.
 """
 from __future__ import annotations
 
@@ -14,8 +17,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .errors import SpecFieldError
 from .registry import Registry
-from .spec import LossSpec
+from .spec import ExperimentSpec, LossSpec
 
 LOSSES = Registry("loss")
 
@@ -23,6 +27,8 @@ Head = Literal["sigmoid", "logits"]
 IGNORE = 255  # mask value excluded from every loss term and metric
 EPS = 1e-6  # probabilities of a sigmoid head are clamped to [EPS, 1 - EPS] before the logs
 SMOOTH = 1.0  # soft Dice: (2 * inter + SMOOTH) / (pred + true + SMOOTH), per image
+DOUBLE_SIGMOID_WARNING = ("warning: loss.double_sigmoid_bce: BCE-with-logits is applied to the sigmoid head's "
+                          "output (a second sigmoid, as the study trained); its BCE term is not the usual BCE")
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,10 @@ class LossTerm(nn.Module):
     def from_spec(cls, spec: LossSpec, head: Head) -> "LossTerm":
         return cls(head)
 
+    @classmethod
+    def check_spec(cls, spec: ExperimentSpec) -> None:
+        """Raise `SpecFieldError` if the spec cannot use this term (when its weight is > 0)."""
+
     def from_prepared(self, p: Prepared, output: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
@@ -100,6 +110,31 @@ class BCE(LossTerm):
             per_pixel = F.binary_cross_entropy_with_logits(logits, p.target, reduction="none")
         else:
             per_pixel = _bce_map(p)
+        return _mean_valid(per_pixel, p.valid)
+
+
+@LOSSES.register("double_sigmoid_bce")
+class DoubleSigmoidBCE(LossTerm):
+    """The study's BCE, reproduced on purpose: `BCEWithLogitsLoss()(output, target)` where `output`
+    is the sigmoid head's output, so the BCE sees sigmoid(sigmoid(z)). Averaged over valid pixels.
+
+    Spec rule (`check_spec`): only with `model.head: sigmoid` (on logits it would be `loss.bce`).
+    It adds to the other terms like any term, so the study's loss is `loss.bce: 0`,
+    `loss.double_sigmoid_bce: 1`, `loss.dice: 1`. A run using it says so in a warning at start,
+    in summary.json (`double_sigmoid: true`) and in every report that includes it.
+    """
+
+    @classmethod
+    def check_spec(cls, spec: ExperimentSpec) -> None:
+        if spec.model.head != "sigmoid":
+            raise SpecFieldError("loss.double_sigmoid_bce", f"applies BCE-with-logits to a sigmoid head's output and "
+                                 f"needs model.head: sigmoid (got {spec.model.head}); for logits use loss.bce")
+
+    def from_prepared(self, p: Prepared, output: torch.Tensor) -> torch.Tensor:
+        if self.head != "sigmoid":
+            raise ValueError("double_sigmoid_bce needs a sigmoid head")
+        outputs = output.float().squeeze(1)  # (B, H, W) probabilities, treated as logits
+        per_pixel = F.binary_cross_entropy_with_logits(outputs, p.target, reduction="none")
         return _mean_valid(per_pixel, p.valid)
 
 
@@ -175,3 +210,8 @@ def build_loss(spec: LossSpec, head: Head) -> SegmentationLoss:
     weights = {name: weight for name, weight in term_weights(spec).items() if weight > 0}
     terms = {name: LOSSES.get(name).from_spec(spec, head) for name in weights}
     return SegmentationLoss(terms, weights, head)
+
+
+def uses_double_sigmoid(spec: ExperimentSpec) -> bool:
+    """Whether the spec trains with `loss.double_sigmoid_bce` (the study's BCE on sigmoid outputs)."""
+    return float(getattr(spec.loss, "double_sigmoid_bce", 0.0)) > 0

@@ -126,7 +126,7 @@ def test_registry_lists_entries_and_unregisters() -> None:
 def test_public_registries_describe_their_entries() -> None:
     assert set(segsweep.MODELS.describe()) == {"unet", "resnet34_unet"}
     assert segsweep.MODELS.describe()["unet"].startswith("The U-Net")
-    assert segsweep.LOSSES.names() == ["bce", "dice", "focal"]
+    assert segsweep.LOSSES.names() == ["bce", "dice", "double_sigmoid_bce", "focal"]
 
 
 def test_a_registered_model_is_a_spec_value_with_its_own_divisor(toy_model) -> None:

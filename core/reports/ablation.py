@@ -8,6 +8,7 @@ with PNG figures. Everything is deterministic: the same records give byte-identi
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -16,12 +17,15 @@ import numpy as np
 
 from ..format import fmt_ci, fmt_delta, fmt_float, fmt_interval, fmt_mean_sd, fmt_p, format_level
 from ..record import atomic_write_text
+from .claims import claims_lines
 from .design import MAX_CURVE_LEVELS, Study, group_arms, parse_baseline
 from .figures import default_style, plot_curves, plot_optuna, plot_test_dice
-from .honesty import honesty_lines
+from .honesty import double_sigmoid, honesty_lines
 from .inference import ArmSummary, Effect, TwoWay, compute_effects, compute_interactions, summarize_arm
-from .markdown import levels_text, relative_path, table
-from .records import ReportError, load_optuna_study, load_runs, read_sweep_spec
+from .markdown import levels_text, relative_path, soft_dice_mean, table
+from .power import SeedsNeeded, method_text, needed_cell, needed_sentence, seeds_needed
+from .records import ReportError, base_experiment, check_same_data, load_optuna_study, load_runs, read_sweep_spec
+from .sequential import report_lines as sequential_lines
 
 __all__ = [
     "ReportError", "ReportOptions", "compute_effects", "compute_interactions", "group_arms", "load_runs",
@@ -35,6 +39,9 @@ class ReportOptions:
     alpha: float = 0.05
     resamples: int = 10_000  # bootstrap resamples
     seed: int = 0  # bootstrap seed
+    detect: float | None = None  # the difference "seeds needed" is for; None: the margin
+    power: float = 0.8  # of "seeds needed"
+    allow_mixed_data: bool = False  # runs scored on different data/splits: report them (with a warning)
 
 
 def render_report(
@@ -52,10 +59,13 @@ def render_report(
     """The whole report.md as text (figures are referenced by file name, beside it)."""
     title = sweep.get("name") if isinstance(sweep.get("name"), str) else title
     lines = _header_lines(study, sweep, sources, options, title)
-    lines += _findings_lines(effects)
+    lines += claims_lines(study, sweep, options.margin, options.alpha, options.resamples, options.seed,
+                          options.detect)
+    lines += _findings_lines(effects, options)
     lines += _factors_lines(study)
     lines += _arms_lines(study, summaries, figures)
     lines += _effects_lines(study, effects, skipped, options)
+    lines += sequential_lines(sweep["sequential"]) if isinstance(sweep.get("sequential"), Mapping) else []
     lines += _interactions_lines(tables)
     lines += _curves_lines(study, figures)
     lines += _optuna_lines(sweep, figures)
@@ -82,14 +92,20 @@ def _header_lines(study: Study, sweep: Mapping[str, Any], sources: Sequence[str]
     ]
 
 
-def _findings_lines(effects: Sequence[Effect]) -> list[str]:
+def _needed(e: Effect, options: ReportOptions, comparisons: int) -> SeedsNeeded:
+    detect = options.detect if options.detect is not None else options.margin
+    return seeds_needed(e.contrast.seed_values, detect, options.margin, options.alpha, comparisons, options.power)
+
+
+def _findings_lines(effects: Sequence[Effect], options: ReportOptions) -> list[str]:
     if not effects:
         return []
     lines = ["## Findings", ""]
     for e in effects:
         image = f", images {fmt_ci(e.by_image.ci)}" if e.by_image else ""
+        more = needed_sentence(e.verdict, e.by_seed.n, _needed(e, options, len(effects)), options.margin)
         lines.append(f"- **{e.label}** → **{e.verdict}**: Δ test Dice {fmt_delta(e.by_seed.mean)} "
-                     f"(95% CI seeds {fmt_ci(e.by_seed.ci)}{image}; {e.by_seed.n} seeds)")
+                     f"(95% CI seeds {fmt_ci(e.by_seed.ci)}{image}; {e.by_seed.n} seeds)" + (f"; {more}" if more else ""))
     return lines + [""]
 
 
@@ -100,7 +116,8 @@ def _factors_lines(study: Study) -> list[str]:
     lines += table(
         ["factor", "levels", "baseline", "baseline chosen by"],
         [(f.key, levels_text(f.levels), format_level(f.baseline),
-          "`--baseline`" if f.chosen_by == "--baseline" else "most arms (ties: first in sorted order)")
+          {"--baseline": "`--baseline`", "base experiment": "the base experiment's value"}.get(
+              f.chosen_by, "most arms (ties: first in sorted order)"))
          for f in study.factors],
     )
     if study.baseline_arm is None:
@@ -113,16 +130,18 @@ def _arms_lines(study: Study, summaries: Sequence[ArmSummary], figures: Mapping[
     header = ["arm", *[f.key for f in study.factors], "n", "val/dice", "test/dice", "test 95% CI (t)",
               "test/dice_global", "best epoch", "diverged", "not counted", "wall s"]
     rows = []
+    soft = any(math.isfinite(soft_dice_mean(s.arm)) for s in summaries)  # only records that have it
     for s in summaries:
         mark = " (base)" if s.arm is study.baseline_arm else ""
+        mark += " (double sigmoid)" if any(double_sigmoid(r) for r in s.arm.runs) else ""
         not_counted = ", ".join(f"{n} {st}" for st, n in s.excluded.items()) or "0"
         div = str(s.diverged) + (f" ({s.imputed} scored 0)" if s.imputed else "")
         rows.append((
             s.arm.id + mark, *[format_level(s.arm.levels[f.key]) for f in study.factors], str(s.n),
             fmt_mean_sd(s.val), fmt_mean_sd(s.test), fmt_interval(s.test_ci), fmt_float(s.test_global),
             fmt_float(s.best_epoch, 1), div, not_counted, fmt_float(s.wall_s, 1),
-        ))
-    lines += table(header, rows)
+        ) + ((fmt_float(soft_dice_mean(s.arm)),) if soft else ()))
+    lines += table(header + (["test/dice_soft_batch8"] if soft else []), rows)
     lines += ["val/dice is each run's best validation Dice; ± is the sd across seeds; n counts seeds with a completed "
               "or diverged run.", ""]
     if "test_dice" in figures:
@@ -178,11 +197,13 @@ def _effects_lines(study: Study, effects: Sequence[Effect], skipped: Sequence[st
         return ["## Effects against the baseline", "", "No comparison could be made:", ""] + [
             f"- {s}" for s in skipped] + [""]
     lines = ["## Effects against the baseline", ""] + _effects_method(options)
+    detect = options.detect if options.detect is not None else options.margin
+    lines += [method_text(detect, options.margin, options.alpha, len(effects), options.power), ""]
     lines += table(
         ["comparison", "pairs", "seeds", "seeds up", "Δ test Dice", "95% CI (t, seeds)", "p t (Holm)",
          "images", "Δ per image", "95% CI (bootstrap, images)", "p Wilcoxon (Holm)",
-         "TOST p (Holm) seeds / images", "Δ test/dice_global", "verdict"],
-        [_effect_row(e) for e in effects],
+         "TOST p (Holm) seeds / images", "Δ test/dice_global", "verdict", "seeds needed (detect / equivalence)"],
+        [(*_effect_row(e), needed_cell(_needed(e, options, len(effects)))) for e in effects],
     )
     if skipped:
         lines += ["Not compared:", ""] + [f"- {s}" for s in skipped] + [""]
@@ -271,10 +292,15 @@ def write_report(
     out_dir = Path(out) if out is not None else (first if first.is_dir() else first.parent)
     if not (isinstance(options.margin, float | int) and options.margin > 0):
         raise ReportError(f"--margin: expected a positive Dice difference, got {options.margin!r}")
+    if options.detect is not None and not (math.isfinite(options.detect) and options.detect > 0):
+        raise ReportError(f"--detect: expected a positive Dice difference, got {options.detect!r}")
     base = dict(baseline) if isinstance(baseline, Mapping) else parse_baseline(baseline)
     runs = load_runs(paths)
+    mixed = check_same_data(runs, options.allow_mixed_data)  # refused unless allowed; then a warning
     sweep = read_sweep_spec(first) if first.is_dir() else {}
-    study = group_arms(runs, base)
+    if first.is_dir() and (first / "sequential.json").is_file():  # adaptive seeds: the driver's looks
+        sweep = {**sweep, "sequential": json.loads((first / "sequential.json").read_text())}
+    study = group_arms(runs, base, base_experiment(sweep))
     effects, skipped = compute_effects(study, options.margin, options.alpha, options.resamples, options.seed)
     tables = compute_interactions(study, options.margin, options.resamples, options.seed)
     summaries = [summarize_arm(a) for a in study.arms]
@@ -291,6 +317,9 @@ def write_report(
     sources = [relative_path(Path(p), out_dir) for p in paths]
     title = Path(paths[0]).resolve().name
     text = render_report(study, effects, skipped, tables, summaries, figures, sweep, sources, options, title)
+    if mixed:  # right below the title
+        head, _, rest = text.partition("\n\n")
+        text = f"{head}\n\n> **Warning (--allow-mixed-data):** {mixed}.\n\n{rest}"
     report = out_dir / "report.md"
     atomic_write_text(report, text)
     return report

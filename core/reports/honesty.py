@@ -1,6 +1,6 @@
 """The "Honesty and method" section of an ablation report: checks on the records that its
 claims rest on (selection on validation, equal budgets, seeds, the Dice definition, diverged
-and failed runs, provenance)."""
+and failed runs, runs trained with the study's double sigmoid, provenance)."""
 from __future__ import annotations
 
 import math
@@ -24,6 +24,7 @@ def honesty_lines(study: Study, summaries: Sequence[ArmSummary], sweep: Mapping[
     lines.append(_seeds_line(study, sweep))
     lines.append(_dice_line(counted))
     lines.append(_outcome_line(study))
+    lines += double_sigmoid_lines(study.runs, {id(r): a.id for a in study.arms for r in a.runs})
     provenance = _provenance(counted)
     if provenance:
         lines.append(f"- **Provenance:** {'; '.join(provenance)}.")
@@ -100,7 +101,8 @@ def _seeds_line(study: Study, sweep: Mapping[str, Any]) -> str:
 
 
 def _dice_line(counted: Sequence[RunRecord]) -> str:
-    """The Dice definition, and its consistency with the per-image file."""
+    """The Dice definition (with the study's soft batch Dice when recorded), and its consistency
+    with the per-image file."""
     inconsistent = []
     for run in counted:
         if run.per_image and not run.imputed:
@@ -111,9 +113,49 @@ def _dice_line(counted: Sequence[RunRecord]) -> str:
         "- **Dice:** `test/dice` is the mean over test images of per-image Dice at threshold 0.5 (an image with "
         "empty mask and empty prediction scores 1; ignored pixels skipped); `test/dice_global` (Dice of the pixel "
         "counts pooled over the test set) is shown beside it in the arms table. "
+        + (_SOFT_DICE if any(math.isfinite(r.number("test/dice_soft_batch8")) for r in counted) else "")
         + ("Per-image files agree with `test/dice` in every run that has one." if not inconsistent
            else f"**Per-image files disagree with `test/dice`** in {', '.join(inconsistent)}.")
+        + empty_truth_sentence(counted)
     )
+
+
+def empty_truth_sentence(runs: Sequence[RunRecord]) -> str:
+    """' k of n test images have no foreground; ...' when summary.json records it and k > 0
+    (there the both-empty convention, not the model, decides those images' scores)."""
+    counts = sorted({(r.summary["test/empty_masks"], r.summary["test/images"]) for r in runs
+                     if isinstance(r.summary.get("test/empty_masks"), int) and isinstance(r.summary.get("test/images"), int)})
+    if not counts or all(empty == 0 for empty, _ in counts):
+        return ""
+    told = "; ".join(f"{empty} of {n}" for empty, n in counts)
+    return (f" {told} test images have no foreground (truth mask empty at the training size); per-image Dice "
+            "counts each of them as 1 when the prediction is empty too and 0 otherwise, so they pull `test/dice` "
+            "towards whether the model predicts nothing there.")
+
+
+def double_sigmoid(run: RunRecord) -> bool:
+    """Whether a run trained with `loss.double_sigmoid_bce` (BCE-with-logits on sigmoid outputs)."""
+    weight = run.config.get("loss.double_sigmoid_bce", 0)
+    return run.summary.get("double_sigmoid") is True or (isinstance(weight, int | float) and weight > 0)
+
+
+def double_sigmoid_lines(runs: Sequence[RunRecord], arm_of: Mapping[int, str] | None = None) -> list[str]:
+    """A marked line when any run trained with the study's double sigmoid; nothing otherwise."""
+    marked = [r for r in runs if double_sigmoid(r)]
+    if not marked:
+        return []
+    arms = sorted({arm_of[id(r)] for r in marked if arm_of and id(r) in arm_of}, key=lambda a: (len(a), a))
+    where = f"arm(s) {', '.join(arms)}, " if arms else ""
+    return [
+        f"- **Double sigmoid:** {where}{len(marked)} run{'s' if len(marked) > 1 else ''} trained with "
+        "`loss.double_sigmoid_bce`: BCE-with-logits applied to the sigmoid head's output (a second sigmoid), "
+        "reproducing the study's loss on purpose; its BCE term is not the usual BCE, so those arms measure the "
+        "study's training, not a correct sigmoid head."
+    ]
+
+
+_SOFT_DICE = ("`test/dice_soft_batch8` is the study's own measure: soft Dice on the probabilities (no threshold), "
+              "pooled over each batch of 8 test images in file order, averaged over batches. ")
 
 
 def _outcome_line(study: Study) -> str:

@@ -2,6 +2,7 @@
 the report's folder."""
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -37,3 +38,11 @@ def distinct(values: Iterable[Any]) -> list[str]:
     """The distinct non-empty values as sorted strings."""
     return sorted({str(v) for v in values if v not in (None, "")})
 
+
+
+def soft_dice_mean(arm: Any) -> float:
+    """Mean `test/dice_soft_batch8` (the study's soft batch Dice) over an arm's counted runs; NaN
+    when none recorded it (runs made before it existed)."""
+    values = [r.number("test/dice_soft_batch8") for r in arm.by_seed.values()]
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else math.nan

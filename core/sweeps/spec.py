@@ -10,16 +10,19 @@ import json
 import math
 from itertools import product
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence, Union
+from typing import Annotated, Any, Literal, Mapping, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, ValidationError, model_validator
 
 from ..errors import SpecError
 from ..format import fmt_value
 from ..spec import (
-    ExperimentSpec, arm_hash, load_spec, override_spec, parse_override, read_yaml, spec_keys, spec_to_dict,
+    SEED_MAX, ExperimentSpec, arm_hash, load_spec, override_spec, parse_override, read_yaml, spec_keys, spec_to_dict,
 )
+from .adaptive import SeedSchedule, schedule_error
 from .cells import Cell, Sweep
+from .launch_spec import SlurmSpec
+from .claims import ClaimSpec, check_claims
 
 # A parameter value: what a YAML scalar can be (Optuna's categorical choices are exactly these).
 Scalar = Union[StrictBool, StrictInt, StrictFloat, str, None]
@@ -35,7 +38,7 @@ RESERVED_KEYS = {"seed": "use `seeds: [...]` for replicates", "name": "the sweep
 WANDB_JOB_TYPE_MAX = 64  # W&B refuses longer job types
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ParameterSpec(_Section):
@@ -116,7 +119,7 @@ class EarlyTerminateSpec(_Section):
 
 
 class OptunaSpec(_Section):
-    sampler_seed: int = Field(0, ge=0)  # random/bayes: each trial's sampler is seeded from (this, trial number)
+    sampler_seed: int = Field(0, ge=0, le=SEED_MAX)  # random/bayes: each trial's sampler is seeded from (this, trial number)
     pruner: Literal["none", "median", "hyperband", "successive_halving"] | None = None  # None: from early_terminate
     prune_grid: bool = False  # grid cells are compared across seeds: pruning them biases that
     n_startup_trials: int | None = Field(None, ge=0)  # TPE's random start and the median pruner's; None: Optuna's
@@ -134,17 +137,38 @@ class SweepSpec(_Section):
     metric: MetricSpec = MetricSpec()
     parameters: dict[str, ParameterSpec] = {}
     arms: tuple[dict[str, Scalar], ...] | None = Field(None, min_length=1)  # grid only: one-factor-at-a-time
-    seeds: tuple[int, ...] | None = Field(None, min_length=1)  # None: the experiment's seed
+    # None: the experiment's seed; a mapping: a seed schedule (adaptive seeds, grid only)
+    seeds: Annotated[tuple[int, ...], Field(min_length=1)] | SeedSchedule | None = None
     run_cap: int | None = Field(None, ge=1)  # random/bayes: trials in total, across workers and machines
     early_terminate: EarlyTerminateSpec | None = None
     keep_last: bool = False  # keep every trial's checkpoints/last.pt (best.pt is always kept)
+    claims: tuple[ClaimSpec, ...] | None = None  # claims the arms settle: the report opens with them
     optuna: OptunaSpec = OptunaSpec()
+    slurm: SlurmSpec | None = None  # --launcher slurm: the workers' job array (launch_spec.py)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _seed_schedule(cls, tree: Any) -> Any:
+        if isinstance(tree, Mapping) and isinstance(tree.get("seeds"), Mapping):
+            try:
+                return {**tree, "seeds": SeedSchedule.model_validate(tree["seeds"])}
+            except ValidationError as exc:
+                raise _KeyError(*schedule_error(exc)) from None
+        return tree
 
     @model_validator(mode="after")
     def _method_rules(self) -> "SweepSpec":
-        if self.seeds is not None:
-            if any(s < 0 for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
-                raise _KeyError("seeds", f"expected distinct non-negative integers, got {list(self.seeds)}")
+        if isinstance(self.seeds, SeedSchedule):
+            if self.method != "grid" or self.optuna.prune_grid:
+                raise _KeyError("seeds", "a seed schedule adds seeds to grid cells: use method: grid without "
+                                "optuna.prune_grid (a pruned trial has no test Dice to analyse)")
+            if self.seeds.planned_seeds()[-1] > SEED_MAX:
+                raise _KeyError("seeds.max", f"the planned seeds go up to {self.seeds.planned_seeds()[-1]}, "
+                                f"above {SEED_MAX}")
+        elif self.seeds is not None:
+            if any(not 0 <= s <= SEED_MAX for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
+                raise _KeyError("seeds", f"expected distinct integers in 0..{SEED_MAX} (what the random generators "
+                                f"take), got {list(self.seeds)}")
         sampled = [k for k, p in self.parameters.items() if p.kind not in ("constant", "categorical")]
         if self.method == "grid":
             if sampled:
@@ -165,6 +189,13 @@ class SweepSpec(_Section):
         if self.early_terminate is not None and pruner not in (None, "hyperband"):
             raise _KeyError("optuna.pruner", f"early_terminate asks for hyperband but optuna.pruner is {pruner}; "
                             "keep one of them")
+        return self
+
+    @model_validator(mode="after")
+    def _claims_name_arms(self) -> "SweepSpec":
+        problem = check_claims(self.claims, self.arms)
+        if problem is not None:
+            raise _KeyError(*problem)
         return self
 
     @property
@@ -214,13 +245,17 @@ def _describe(error: Mapping[str, Any]) -> tuple[str, str]:
     if isinstance(cross, _KeyError):
         return cross.key, str(cross)
     loc, branches = _user_loc(error["loc"])
+    value = error.get("input")
+    if isinstance(value, float) and not math.isfinite(value):  # refused by allow_inf_nan=False
+        return ".".join(loc), f"expected a finite number, got {value!r}"
     if branches and (loc[0] == "arms" or loc[-1] == "value" or loc[-2:-1] == ["values"]):
         return ".".join(loc), f"expected a single value (string, number, true/false or null), got {error['input']!r}"
     if error["type"] in ("tuple_type", "list_type"):
         return ".".join(loc), f"expected a list, got {error['input']!r}"
     if error["type"] == "extra_forbidden":
         parent: type[BaseModel] = SweepSpec
-        sections = {"metric": MetricSpec, "early_terminate": EarlyTerminateSpec, "optuna": OptunaSpec}
+        sections = {"metric": MetricSpec, "early_terminate": EarlyTerminateSpec, "optuna": OptunaSpec,
+                    "slurm": SlurmSpec}
         if len(loc) == 2 and loc[0] in sections:
             parent = sections[loc[0]]
         elif len(loc) == 3 and loc[0] == "parameters":
@@ -265,6 +300,7 @@ def load_sweep(path: str | Path, overrides: Sequence[str] | Mapping[str, Any] = 
     """Read and validate a sweep file; `overrides` (dotted key=value) apply to its base experiment."""
     path = Path(path)
     tree = read_yaml(path)
+    _refuse_experiment_file(path, tree)
     try:
         spec = SweepSpec.model_validate(tree)
     except ValidationError as exc:
@@ -277,6 +313,9 @@ def load_sweep(path: str | Path, overrides: Sequence[str] | Mapping[str, Any] = 
         raise SpecError(f"{path}: name: the file name {name!r} is not a valid sweep name; set `name:`")
 
     experiment = (path.parent / spec.experiment)
+    if experiment.is_dir():
+        raise SpecError(f"{path}: experiment: {spec.experiment!r} is a directory ({experiment}); "
+                        "expected an experiment spec file")
     if not experiment.is_file():
         raise SpecError(f"{path}: experiment: {spec.experiment!r} not found (looked at {experiment})")
     cli = tuple(overrides) if not isinstance(overrides, Mapping) else tuple(f"{k}={v}" for k, v in overrides.items())
@@ -310,17 +349,25 @@ def load_sweep(path: str | Path, overrides: Sequence[str] | Mapping[str, Any] = 
                                     "distribution: int_uniform with integer min and max") from None
     constants = {k: p.value for k, p in spec.parameters.items() if p.kind == "constant" and k not in typed}
     base = override_spec(base, constants) if constants else base
-    seeds = spec.seeds or (base.seed,)
+    seeds = spec.seeds.planned_seeds() if isinstance(spec.seeds, SeedSchedule) else (spec.seeds or (base.seed,))
 
     cells = _grid_cells(path, spec, base) if spec.method == "grid" else ()
     identity = {
-        "sweep": spec.model_dump(mode="json", exclude={"run_cap": True, "keep_last": True, "optuna": {
-            "storage": True, "heartbeat_interval": True, "grace_period": True, "max_retry": True}}),
+        "sweep": spec.model_dump(mode="json", exclude={"run_cap": True, "keep_last": True, "claims": True, "optuna": {
+            "storage": True, "heartbeat_interval": True, "grace_period": True, "max_retry": True}, "slurm": True}),
         "name": name, "base": {k: v for k, v in spec_to_dict(base).items() if k not in ("tracking", "name")},
         "seeds": list(seeds), "cells": [c.overrides for c in cells],
     }
     return Sweep(path=path, spec=spec, name=name, base=base, overrides=cli, seeds=tuple(seeds), cells=cells,
                  hash=_hash(identity))
+
+
+def _refuse_experiment_file(path: Path, tree: Mapping[str, Any]) -> None:
+    """An experiment spec given where a sweep file belongs gets one line naming the command."""
+    sections = set(ExperimentSpec.model_fields) | {"extends"}
+    if "method" not in tree and "parameters" not in tree and tree and set(tree) <= sections:
+        raise SpecError(f"{path}: this is an experiment spec (no `method:` or `parameters:`), not a sweep; "
+                        f"train it with: segsweep run {path}")
 
 
 def _grid_cells(path: Path, spec: SweepSpec, base: ExperimentSpec) -> tuple[Cell, ...]:

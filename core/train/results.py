@@ -25,15 +25,20 @@ class Diverged(Exception):
 
 @dataclass(frozen=True)
 class EvalResult:
+    """One split's metrics (see `segsweep.metrics`): `dice` per image at 0.5, `dice_global` pooled
+    at 0.5, `dice_soft_batch8` the study's soft Dice over batches of 8 in file order."""
+
     loss: float
     dice: float
     dice_global: float
     iou: float
     per_image: list[tuple[str, float, float]] = field(default_factory=list)
+    dice_soft_batch8: float = float("nan")
 
     def metrics(self, split: str) -> dict[str, float]:
         return {f"{split}/loss": self.loss, f"{split}/dice": self.dice,
-                f"{split}/dice_global": self.dice_global, f"{split}/iou": self.iou}
+                f"{split}/dice_global": self.dice_global, f"{split}/iou": self.iou,
+                f"{split}/dice_soft_batch8": self.dice_soft_batch8}
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,198 @@
+"""Adaptive seeds end to end: a planted-effect grid with `seeds: {..., until: conclusive}` runs in
+rounds, adds seeds only where a comparison is open, and survives a killed command."""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import wait_for
+from segsweep.errors import SpecError
+from segsweep.sweeps.cells import cell_config_hash
+from segsweep.sweeps.spec import load_sweep
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = REPO / "experiments" / "quickstart.yaml"
+# optim.lr level -> (planted effect on test Dice, seed noise sd); 0.001 is the baseline level.
+PLANTED = {0.001: (0.0, 1e-5), 0.002: (0.2, 1e-5), 0.003: (0.0, 1e-5), 0.004: (0.002, 0.02)}
+
+
+def planted_fit(spec: Any, run_dir: Any, tracker: Any = None, on_epoch_end: Any = None) -> Any:
+    """A deterministic planted test Dice per (lr level, seed): no training (module level: picklable).
+    With ADAPTIVE_LOG set, appends "config_hash seed" per call; with ADAPTIVE_HANG set, the first
+    call with seed >= 3 (a later round) writes its pid there and hangs until the test kills it."""
+    from segsweep.spec import config_hash
+    from segsweep.train import RunResult
+
+    if os.environ.get("ADAPTIVE_LOG"):
+        with open(os.environ["ADAPTIVE_LOG"], "a") as fh:
+            fh.write(f"{config_hash(spec)} {spec.seed}\n")
+    hang = os.environ.get("ADAPTIVE_HANG")
+    if hang and spec.seed >= 3:
+        try:
+            fd = os.open(hang, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            pass
+        else:
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+            time.sleep(300)
+    effect, sd = PLANTED[round(spec.optim.lr, 6)]
+    noise = np.random.default_rng([spec.seed, int(round(spec.optim.lr * 1e6))]).normal(0.0, sd)
+    dice = 0.7 + effect + float(noise)
+    if on_epoch_end is not None:
+        on_epoch_end(1, {"val/dice": dice, "val/loss": 1 - dice})
+    write_record(spec, Path(run_dir), dice)
+    metrics = {"val/dice": dice, "test/dice": dice, "epochs_run": 1, "wall_s": 0.0}
+    return RunResult("completed", Path(run_dir), 1, metrics)
+
+
+def write_record(spec: Any, run_dir: Path, dice: float) -> None:
+    """config.yaml and summary.json as the trainer writes them, so the ablation report can read the sweep."""
+    from segsweep.spec import spec_to_dict
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(spec_to_dict(spec), sort_keys=False))
+    (run_dir / "summary.json").write_text(json.dumps({
+        "status": "completed", "name": spec.name, "seed": spec.seed, "best_epoch": 1, "val/dice": dice,
+        "test/dice": dice, "test/dice_global": dice, "epochs_run": 1, "wall_s": 0.0, "run_dir": str(run_dir),
+    }))
+
+
+def write_adaptive(path: Path, **fields: Any) -> Path:
+    tree: dict[str, Any] = {
+        "name": path.stem, "experiment": str(QUICKSTART), "method": "grid",
+        "parameters": {"optim.lr": {"values": list(PLANTED)}},
+        "seeds": {"initial": [0, 1, 2], "max": 9, "step": 3, "until": "conclusive", "margin": 0.005, "alpha": 0.05},
+        "optuna": {"heartbeat_interval": 1, "grace_period": 2},
+    }
+    tree.update(fields)
+    path.write_text(yaml.safe_dump(tree, sort_keys=False))
+    return path
+
+
+def completed(sweep_dir: Path, name: str) -> Counter:
+    import optuna
+
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(sweep_dir / "journal.log")))
+    study = optuna.load_study(study_name=name, storage=storage)
+    return Counter(t.user_attrs["config_hash"] for t in study.get_trials(deepcopy=False)
+                   if t.state == optuna.trial.TrialState.COMPLETE)
+
+
+def planned_hashes(path: Path, record: dict) -> set[str]:
+    sweep = load_sweep(path)
+    cells = {c.label: c for c in sweep.cells}
+    return {cell_config_hash(sweep, cells[label], s)[0] for label, seeds in record["seeds"].items() for s in seeds}
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("ADAPTIVE_LOG", "ADAPTIVE_HANG"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def test_schedule_is_validated_with_one_line_naming_the_key(tmp_path: Path) -> None:
+    cases = {
+        "seeds.maxx": {"initial": [0, 1], "maxx": 4},
+        "seeds.max": {"initial": [0, 1, 2], "max": 2},
+        "seeds.initial": {"initial": [0, 0], "max": 4},
+        "seeds.until": {"initial": [0, 1], "max": 4, "until": "forever"},
+    }
+    for key, seeds in cases.items():
+        with pytest.raises(SpecError) as info:
+            load_sweep(write_adaptive(tmp_path / "bad.yaml", seeds=seeds))
+        assert f"bad.yaml: {key}:" in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(SpecError, match="seeds: a seed schedule adds seeds to grid cells"):
+        load_sweep(write_adaptive(tmp_path / "bad.yaml", method="random", run_cap=2,
+                                  parameters={"optim.lr": {"min": 0.001, "max": 0.01}}))
+    sweep = load_sweep(write_adaptive(tmp_path / "ok.yaml"))
+    assert sweep.seeds == tuple(range(9)) and sweep.spec.seeds.looks() == (3, 6, 9)
+
+
+def test_planted_effects_stop_where_they_should(tmp_path: Path, clean_env: None) -> None:
+    from segsweep.sweeps import run_sweep
+
+    path = write_adaptive(tmp_path / "planted.yaml")
+    lines: list[str] = []
+    outcome = run_sweep(path, results=tmp_path / "r", fit_fn=planted_fit, echo=lines.append)
+    assert outcome.exit_code == 0 and outcome.pending == 0
+    record = json.loads((outcome.sweep_dir / "sequential.json").read_text())
+    verdicts = {c["comparison"]: c for c in record["comparisons"]}
+    large, null, noisy = (verdicts[f"optim.lr: {lv} vs 0.001"] for lv in ("0.002", "0.003", "0.004"))
+    assert large["verdict"] == "better" and large["seeds"] == 3 and large["looks"] == [3]
+    assert null["verdict"] == "equivalent"
+    assert noisy["verdict"] == "inconclusive" and noisy["seeds"] == 9 and noisy["looks"] == [3, 6, 9]
+    assert noisy["seeds_to_detect"] is not None and noisy["seeds_to_detect"] > 9
+    seeds = record["seeds"]
+    assert seeds["optim.lr=0.002"] == [0, 1, 2]  # decided at the initial seeds: never grown
+    assert seeds["optim.lr=0.004"] == seeds["optim.lr=0.001"] == list(range(9))
+    assert record["alpha_per_comparison"] == pytest.approx(0.05 / 3)
+    counts = completed(outcome.sweep_dir, "planted")
+    assert set(counts) == planned_hashes(path, record) and set(counts.values()) == {1}
+    assert any("optim.lr: 0.004 vs 0.001: inconclusive" in line and "would detect a 0.005 difference" in line
+               for line in lines)
+
+    from segsweep.reports.ablation import write_report
+
+    text = write_report([outcome.sweep_dir]).read_text()
+    section = text.split("## Sequential design (adaptive seeds)")[1]
+    assert "O'Brien-Fleming" in section and "0.01667 each" in section
+    assert "| optim.lr: 0.002 vs 0.001 | 3 | better | 1 |" in section
+    assert "| optim.lr: 0.004 vs 0.001 | 3, 6, 9 | inconclusive | 3 |" in section
+    assert f"{noisy['seeds_to_detect']} / {noisy['seeds_for_equivalence']} |" in section
+
+
+def test_a_command_killed_in_a_later_round_resumes_every_cell_once(tmp_path: Path, clean_env: None,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from segsweep.sweeps import run_sweep
+
+    log, hang = tmp_path / "fits.log", tmp_path / "hang.pid"
+    monkeypatch.setenv("ADAPTIVE_LOG", str(log))
+    monkeypatch.setenv("ADAPTIVE_HANG", str(hang))
+    path = write_adaptive(tmp_path / "resume.yaml")
+    results = tmp_path / "r"
+    child = multiprocessing.get_context("spawn").Process(target=run_sweep, args=(path,), kwargs=dict(
+        results=results, fit_fn=planted_fit))
+    child.start()
+    wait_for(lambda: hang.exists() and hang.read_text(), "a round-2 trial to start and hang")
+    assert int(hang.read_text()) == child.pid  # one worker: the command itself runs the trial
+    os.kill(child.pid, signal.SIGKILL)
+    child.join()
+    assert not (results / "sweeps" / "resume" / "sequential.json").exists()
+
+    outcome = run_sweep(path, results=results, fit_fn=planted_fit, echo=lambda s: None)
+    assert outcome.exit_code == 0
+    record = json.loads((outcome.sweep_dir / "sequential.json").read_text())
+    counts = completed(outcome.sweep_dir, "resume")
+    assert set(counts) == planned_hashes(path, record) and set(counts.values()) == {1}
+    fits = Counter(line.split()[0] for line in log.read_text().splitlines())
+    assert sum(n - 1 for n in fits.values()) == 1  # only the killed trial was trained twice
+
+    before = len(log.read_text().splitlines())
+    again = run_sweep(path, results=results, fit_fn=planted_fit, echo=lambda s: None)
+    assert again.exit_code == 0 and len(log.read_text().splitlines()) == before
+    assert json.loads((again.sweep_dir / "sequential.json").read_text()) == record
+
+
+def test_a_trials_budget_stops_before_a_round_that_would_exceed_it(tmp_path: Path, clean_env: None) -> None:
+    from segsweep.sweeps import run_sweep
+
+    seeds = {"initial": [0, 1, 2], "max": 9, "step": 3, "budget": {"trials": 17}}
+    path = write_adaptive(tmp_path / "budget.yaml", seeds=seeds)
+    outcome = run_sweep(path, results=tmp_path / "r", fit_fn=planted_fit, echo=lambda s: None)
+    record = json.loads((outcome.sweep_dir / "sequential.json").read_text())
+    assert outcome.exit_code == 0 and record["rounds"] == 1
+    assert record["stopped_by"].startswith("budget: the next round would make") and "17" in record["stopped_by"]
+    assert sum(completed(outcome.sweep_dir, "budget").values()) == 12
+    open_ = [c for c in record["comparisons"] if c["before_max"]]
+    assert open_ and all(c["verdict"] == "inconclusive" and c["seeds"] == 3 and c["seeds_to_detect"] for c in open_)
