@@ -7,6 +7,8 @@
     study, trial, optuna_engine   the Optuna engine: the study, one trial, the workers
     wandb_engine                  the W&B engine and the translation to W&B's sweep config
     outputs   trials.csv, the console summary, disk usage
+    slurm, launch_spec, launch_resume, launch_status   --launcher slurm (a job array via submitit),
+              its `slurm:` block, resuming signalled trials, and `--status`
 
 Importing this package does not import Optuna or W&B; running an engine does.
 """

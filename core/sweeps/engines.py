@@ -45,12 +45,32 @@ def real_fit() -> FitFn:
     return fit
 
 
-def trial_tracker(spec: Any, run_dir: Path) -> Any:
+def trial_tracker(spec: Any, run_dir: Path, sweep: Sweep | None = None) -> Any:
     """The trial's tracker, or None when nothing is tracked (fit then skips prediction grids)."""
     from ..tracking import Tracker, build_tracker
 
-    tracker = build_tracker(spec, run_dir)
+    tracker = build_tracker(spec, run_dir, factor_levels(sweep) if sweep is not None else None)
     return None if type(tracker) is Tracker else tracker
+
+
+def factor_levels(sweep: Sweep) -> dict[str, list[Any]]:
+    """The sweep's factors and their levels, by dotted key: every categorical parameter, every key
+    a grid cell sets (the base value where a cell leaves it), the arm (each cell's label, as the
+    trial's W&B job_type and TensorBoard HParam `arm`) and the seed."""
+    from .cells import base_values, job_type
+
+    levels = {k: list(p.values or ()) for k, p in sweep.searched.items() if p.kind == "categorical"}
+    base = base_values(sweep)
+    for key in dict.fromkeys(k for cell in sweep.cells for k in cell.overrides):
+        bucket = levels.setdefault(key, [])
+        for cell in sweep.cells:
+            value = cell.overrides.get(key, base.get(key))
+            if value not in bucket:
+                bucket.append(value)
+    if sweep.cells:
+        levels["arm"] = [job_type(cell.label) for cell in sweep.cells]
+    levels["seed"] = list(sweep.seeds)
+    return levels
 
 
 @SWEEP_ENGINES.register("optuna")
@@ -80,17 +100,30 @@ def run_sweep(
     sweep_id: str | None = None,
     fit_fn: FitFn | None = None,
     echo: Echo | None = None,
+    launcher: str = "local",
+    slurm: Sequence[str] = (),
 ) -> SweepOutcome:
     """Run (or join, or resume) the sweep in `path` with the engine named `engine`; see
     `segsweep sweep --help` for the command line.
 
     `fit_fn` replaces `segsweep.train.fit` (tests); it must be picklable when `workers > 1`.
-    `echo` receives the lines the command prints (default: logged at INFO).
+    `echo` receives the lines the command prints (default: logged at INFO). `launcher="slurm"`
+    submits the workers as a SLURM job array instead and returns at once (`slurm` holds the
+    `--slurm key=value` pairs; see `segsweep.sweeps.slurm`).
     """
     if workers < 1:
         raise SweepError(f"--workers {workers}: expected at least 1")
     if engine not in SWEEP_ENGINES:
         raise SweepError(f"--engine {engine}: expected {' or '.join(SWEEP_ENGINES.names())}")
+    if launcher not in ("local", "slurm"):
+        raise SweepError(f"--launcher {launcher}: expected local or slurm")
+    if launcher == "slurm" and engine != "optuna":
+        raise SweepError(f"--launcher slurm runs Optuna workers; --engine {engine} cannot be combined with it")
     sweep = load_sweep(path, overrides)
+    if launcher == "slurm":
+        from .slurm import submit_slurm_sweep
+
+        return submit_slurm_sweep(sweep, workers=workers, storage=storage, results=Path(results), pairs=slurm,
+                                  echo=echo or log.info)
     return SWEEP_ENGINES.get(engine)(sweep, workers=workers, storage=storage, results=Path(results),
                                      sweep_id=sweep_id, fit_fn=fit_fn, echo=echo or log.info)

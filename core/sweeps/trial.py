@@ -22,6 +22,7 @@ from ..record import new_run_dir
 from ..spec import arm_hash, config_hash
 from .cells import Sweep, arm_choices
 from .engines import FitFn, trial_tracker
+from .launch_resume import queue_resume, reported_so_far, resume_dir, worker_attrs
 from .spec import cell_label
 from .storage import Heartbeat, trial_id
 from .study import duplicate_of, make_sampler
@@ -40,6 +41,8 @@ class WorkerPlan:
     threads: int | None = None  # torch intra-op threads for this worker; None: torch's default
     worker: int = 0
     show_logs: bool = False  # the driver shows segsweep's log lines (the command): a worker does too
+    progress_bars: bool = True  # False: one of several workers, drawing no bars (the driver draws the sweep's)
+    resume_interrupted: bool = False  # a signalled trial is queued to resume from its last.pt (SLURM workers)
 
 
 def _suggest(trial: optuna.Trial, sweep: Sweep) -> dict[str, Any]:
@@ -82,11 +85,15 @@ def run_trial(study: optuna.Study, storage: BaseStorage, study_id: int, trial: o
         if chosen is None:
             return "duplicate"
         overrides, seed, label = chosen
+        reported.extend(reported_so_far(storage, trial))
         trial.set_user_attr("overrides", overrides)
         trial.set_user_attr("seed", seed)
         trial.set_user_attr("cell", label)
         hook = _epoch_hook(trial, storage, sweep, reported, lost)
         status, summary, signum, run_dir = _train(trial, plan, fit_fn, chosen, hook)
+        if status == "interrupted" and signum is not None and plan.resume_interrupted \
+                and not lost.is_set() and queue_resume(study, storage, trial, run_dir):
+            log.info(f"trial {trial.number}: stopped by a signal; queued to resume from {run_dir}")
     if lost.is_set():
         log.info(f"trial {trial.number}: lost (marked stale while running); its retry owns the cell")
         return "lost"
@@ -151,13 +158,21 @@ def _train(trial: optuna.Trial, plan: WorkerPlan, fit_fn: FitFn, chosen: tuple[d
     summary: dict[str, Any] = {}
     signum, run_dir = None, None
     try:
-        spec = sweep.trial_spec(overrides, seed, f"{sweep.name}.t{trial.number:04d}", label)
-        run_dir = new_run_dir(plan.sweep_dir, spec.name, create=False).resolve()
+        resume = resume_dir(trial)
+        if resume is None:
+            spec = sweep.trial_spec(overrides, seed, f"{sweep.name}.t{trial.number:04d}", label)
+            run_dir = new_run_dir(plan.sweep_dir, spec.name, create=False).resolve()
+        else:  # continue the interrupted run in its folder, with its own spec
+            from ..train.loop import load_run_spec
+
+            spec, run_dir = load_run_spec(resume), resume
         for key, value in {"config_hash": config_hash(spec), "arm_hash": arm_hash(spec), "run_dir": str(run_dir),
-                           "host": socket.gethostname(), "pid": os.getpid(), "status": "running"}.items():
+                           "host": socket.gethostname(), "pid": os.getpid(), **worker_attrs(),
+                           "status": "running"}.items():
             trial.set_user_attr(key, value)
-        log.info(f"trial {trial.number}: {label} seed {seed} -> {run_dir}")
-        result = fit_fn(spec, run_dir, tracker=trial_tracker(spec, run_dir), on_epoch_end=on_epoch_end)
+        log.info(f"trial {trial.number}: {label} seed {seed} -> {run_dir}{' (resumed)' if resume else ''}")
+        result = fit_fn(spec, run_dir, tracker=trial_tracker(spec, run_dir, sweep), on_epoch_end=on_epoch_end,
+                        **({"resume": True} if resume else {}))
         status, summary, signum = result.status, dict(result.metrics), getattr(result, "signal", None)
     except SegsweepError as exc:  # e.g. a sampled combination the spec's cross-field rules refuse
         status, summary["error"] = "failed", str(exc)

@@ -15,11 +15,17 @@ from .callbacks import Callback, TimeBudget
 log = logging.getLogger(__name__)
 
 
+# SIGUSR2: SLURM's warning before a time limit or preemption (`sbatch --signal`); it may come
+# twice (to the whole job step, and forwarded by a supervising process), so a repeat is ignored.
+WARNING_SIGNALS = (signal.SIGUSR2,) if hasattr(signal, "SIGUSR2") else ()
+
+
 class SignalCatcher:
-    """First SIGINT/SIGTERM: finish the current step, save, stop cleanly (exit 130/143).
+    """First SIGINT/SIGTERM/SIGUSR2: finish the current step, save, stop cleanly (exit 128 + its number).
 
     A second signal exits at once with 128 + its number, after `on_exit_now` (which writes
-    summary.json as `interrupted`; last.pt then holds the last completed epoch).
+    summary.json as `interrupted`; last.pt then holds the last completed epoch); a repeated
+    SIGUSR2 changes nothing.
     """
 
     def __init__(self) -> None:
@@ -29,11 +35,13 @@ class SignalCatcher:
 
     def __enter__(self) -> "SignalCatcher":
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM, *WARNING_SIGNALS):
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None and signum in WARNING_SIGNALS:
+            return
         if self.signum is not None:
             log.warning(f"\nreceived {signal.Signals(signum).name} again: exiting now")
             try:

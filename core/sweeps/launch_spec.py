@@ -1,0 +1,117 @@
+"""The `slurm:` block of a sweep file and `--slurm key=value`: what `--launcher slurm` asks of the
+scheduler for each worker (array task)."""
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Any, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..errors import SweepError
+
+_TIME = re.compile(r"^(?:(\d+)-)?(\d+):(\d{1,2})(?::(\d{1,2}))?$")
+
+
+class SlurmSpec(BaseModel):
+    """One array task's resources, as sbatch options:
+
+    slurm:
+      partition: gpu          # None: the cluster's default partition
+      time: "04:00:00"        # minutes, or [D-]HH:MM[:SS] in quotes; the array task's time limit
+      cpus_per_task: 8
+      gpus_per_task: 1        # one trial per GPU of a task
+      mem: 32G
+      account: my_lab
+      qos: normal
+      array_parallelism: 4    # at most this many workers at once
+      signal_delay_s: 120     # SIGUSR2 this long before the time limit: save, requeue
+      setup: ["module load cuda/12.1"]         # shell lines run before each worker
+      extra: ["--constraint=a100"]             # further sbatch options, --key=value
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    partition: str | None = Field(None, min_length=1)
+    time: int | str = 60  # minutes, or [D-]HH:MM[:SS]
+    cpus_per_task: int = Field(2, ge=1)
+    gpus_per_task: int = Field(0, ge=0)
+    mem: str | None = Field(None, pattern=r"^\d+[KMGT]?$")
+    account: str | None = Field(None, min_length=1)
+    qos: str | None = Field(None, min_length=1)
+    array_parallelism: int | None = Field(None, ge=1)  # None: every worker may run at once
+    signal_delay_s: int = Field(120, ge=10)  # the warning signal's lead on the time limit
+    setup: tuple[str, ...] = ()
+    extra: tuple[str, ...] = ()
+
+    @field_validator("time")
+    @classmethod
+    def _time(cls, value: int | str) -> int | str:
+        minutes_of(value)
+        return value
+
+    @field_validator("extra")
+    @classmethod
+    def _extra(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for line in value:
+            extra_option(line)
+        return value
+
+    @property
+    def minutes(self) -> int:
+        return minutes_of(self.time)
+
+    def extra_options(self) -> dict[str, str | bool]:
+        return dict(extra_option(line) for line in self.extra)
+
+
+def minutes_of(value: int | str) -> int:
+    """Minutes of a SLURM time: an integer, or [D-]HH:MM[:SS] (seconds round up)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise ValueError(f"expected at least 1 minute, got {value}")
+        return value
+    if str(value).strip().isdigit():
+        return minutes_of(int(value))
+    match = _TIME.match(str(value).strip())
+    if match is None:
+        raise ValueError(f"expected minutes or [D-]HH:MM[:SS] (e.g. 90 or 01:30:00), got {value!r}")
+    days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
+    total = days * 1440 + hours * 60 + minutes + (1 if seconds else 0)
+    if total < 1:
+        raise ValueError(f"expected at least 1 minute, got {value!r}")
+    return total
+
+
+def extra_option(line: str) -> tuple[str, str | bool]:
+    """('constraint', 'a100') from '--constraint=a100' (or '#SBATCH --constraint=a100')."""
+    text = line.strip().removeprefix("#SBATCH").strip()
+    match = re.match(r"^--([a-z][a-z0-9-]*)(?:=(.+))?$", text)
+    if match is None:
+        raise ValueError(f"expected an sbatch option like --constraint=a100, got {line!r}")
+    return match.group(1).replace("-", "_"), match.group(2) if match.group(2) is not None else True
+
+
+def slurm_options(block: SlurmSpec | None, pairs: Sequence[str], where: str) -> SlurmSpec:
+    """The sweep file's `slurm:` block with `--slurm key=value` pairs applied over it."""
+    tree: dict[str, Any] = block.model_dump() if block is not None else {}
+    for pair in pairs:
+        key, sep, value = (part.strip() for part in pair.partition("="))
+        if not sep or not key:
+            raise SweepError(f"--slurm {pair!r}: expected key=value, e.g. --slurm partition=gpu")
+        if key not in SlurmSpec.model_fields:
+            close = difflib.get_close_matches(key, list(SlurmSpec.model_fields), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise SweepError(f"--slurm {pair}: unknown key; {hint}valid keys: {', '.join(SlurmSpec.model_fields)}")
+        if key in ("setup", "extra"):
+            tree[key] = [*tree.get(key, ()), value]
+        else:  # kept as text (YAML would read 04:00:00 as a base-60 number); pydantic converts numbers
+            tree[key] = value
+    try:
+        return SlurmSpec.model_validate(tree)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key, message = ".".join(str(p) for p in error["loc"]), error["msg"].removeprefix("Value error, ")
+        got = "" if "got" in message else f" (got {error.get('input')!r})"
+        raise SweepError(f"{where}: slurm.{key}: {message}{got}") from None
+

@@ -1,0 +1,118 @@
+"""`segsweep sweep SWEEP --status` (any launcher): grid cells x seeds per cell as done (completed,
+pruned, diverged) / running / waiting / failed, or a search's trials, read from the storage, with
+the SLURM job (else host:pid) holding each running trial."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from optuna.trial import FrozenTrial, TrialState
+
+from .cells import Sweep, cell_config_hash
+from .storage import is_rdb_url, masked_url, open_storage
+from .study import SETTLED_FAILURES, holds, pending_trials
+
+STATES = ("done", "running", "waiting", "failed")
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STATES, 0))
+
+
+@dataclass(frozen=True)
+class Running:
+    number: int
+    label: str
+    seed: object
+    holder: str
+    epochs: int  # epochs reported so far
+
+
+@dataclass(frozen=True)
+class SweepStatus:
+    name: str
+    storage: str
+    started: bool
+    rows: tuple[Row, ...] = ()
+    running: tuple[Running, ...] = ()
+    pending: int = 0  # what a rerun of the command would still run
+
+
+def _state(trials: list[FrozenTrial]) -> str:
+    """The state of one cell x seed from the trials of its config hash."""
+    if any(t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
+            t.state == TrialState.FAIL and t.user_attrs.get("status") in SETTLED_FAILURES) for t in trials):
+        return "done"
+    for state, name in ((TrialState.RUNNING, "running"), (TrialState.WAITING, "waiting")):
+        if any(t.state == state for t in trials):
+            return name
+    return "failed" if trials else "waiting"
+
+
+def holder(trial: FrozenTrial) -> str:
+    attrs = trial.user_attrs
+    worker = attrs.get("worker") or (f"{attrs['host']}:{attrs['pid']}" if "host" in attrs else "?")
+    return f"slurm job {attrs['slurm_job']} ({worker})" if attrs.get("slurm_job") else worker
+
+
+def sweep_status(sweep: Sweep, location: str) -> SweepStatus:
+    """The sweep's cells (or trials) by state, read from `location` (nothing is created)."""
+    where = masked_url(location) if is_rdb_url(location) else location
+    if not is_rdb_url(location) and not Path(location).is_file():
+        return SweepStatus(sweep.name, where, started=False)
+    store = open_storage(location, sweep.spec.optuna)
+    try:
+        study_id = store.get_study_id_from_name(sweep.name)
+    except KeyError:
+        return SweepStatus(sweep.name, where, started=False)
+    trials = store.get_all_trials(study_id, deepcopy=False)
+    running = tuple(Running(t.number, str(t.user_attrs.get("cell", "")), t.user_attrs.get("seed"), holder(t),
+                            len(t.intermediate_values)) for t in trials if t.state == TrialState.RUNNING)
+    if sweep.method == "grid":
+        by_hash: dict[str, list[FrozenTrial]] = {}
+        for trial in trials:
+            by_hash.setdefault(str(trial.user_attrs.get("config_hash")), []).append(trial)
+        rows = []
+        for cell in sweep.cells:
+            row = Row(cell.label)
+            for seed in sweep.seeds:
+                row.counts[_state(by_hash.get(cell_config_hash(sweep, cell, seed)[0], []))] += 1
+            rows.append(row)
+    else:
+        row = Row(f"{sweep.method} search (run_cap {sweep.spec.run_cap})")
+        for trial in trials:
+            if trial.state == TrialState.FAIL and holds(trial):
+                row.counts["done"] += 1
+            elif trial.state == TrialState.FAIL:
+                row.counts["failed"] += 1
+            else:
+                row.counts[{TrialState.RUNNING: "running", TrialState.WAITING: "waiting"}.get(trial.state, "done")] += 1
+        rows = [row]
+    return SweepStatus(sweep.name, where, True, tuple(rows), running, pending_trials(trials, sweep))
+
+
+def status_lines(status: SweepStatus) -> list[str]:
+    """The table `--status` prints."""
+    if not status.started:
+        return [f"sweep {status.name}: not started (no study in {status.storage})"]
+    totals = {s: sum(r.counts[s] for r in status.rows) for s in STATES}
+    lines = [f"sweep {status.name}: " + ", ".join(f"{totals[s]} {s}" for s in STATES)
+             + f"; {status.pending} still to run; storage {status.storage}"]
+    width = max([len(r.label) for r in status.rows] + [4])
+    lines.append(f"{'cell':<{width}}  " + "  ".join(f"{s:>7}" for s in STATES))
+    lines += [f"{r.label:<{width}}  " + "  ".join(f"{r.counts[s]:>7}" for s in STATES) for r in status.rows]
+    for run in status.running:
+        lines.append(f"running: trial {run.number} {run.label} seed {run.seed}, {run.epochs} epoch(s) reported, "
+                     f"held by {run.holder}")
+    if totals["failed"] and not status.running and not totals["waiting"]:
+        lines.append(f"{totals['failed']} failed: rerun the sweep command (any launcher) to retry them")
+    return lines
+
+
+def status_location(sweep: Sweep, storage: str | None, results: Path) -> str:
+    """Where the sweep's study is: --storage, the sweep file's optuna.storage, or the default journal."""
+    location = storage or sweep.spec.optuna.storage or str(results / "sweeps" / sweep.name / "journal.log")
+    return location if is_rdb_url(location) else os.path.expanduser(location)
