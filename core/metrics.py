@@ -5,12 +5,16 @@ study's soft batch Dice (`dice_soft_batch8`, on probabilities).
 Conventions: pixels with mask == 255 are ignored; foreground is mask == 1 and prediction is
 p > 0.5; an image whose prediction and truth are both empty scores Dice = IoU = 1.
 
-`dice_soft_batch8` is the figure the study reported (its `dice_score` over a test loader of
-batch 8, no shuffle): no threshold, the sigmoid probabilities p themselves; the images of the
-split, in the split's file order, cut into consecutive batches of 8 (the last one may be
-smaller); per batch 2 sum(p t) / (sum(p) + sum(t) + 1e-8) with the sums over every pixel of the
-batch's images together; then the plain mean over batches (a last batch of 5 weighs as much as
-a full one). It depends on the file order and on the batch of 8, not on the batch size the
+`dice_soft_batch8` is the study's formula (its `dice_score` over a test loader of batch 8, no
+shuffle), so it is the figure the study reported only for an evaluation like the study's: with
+`train.tta: hflip` p comes from the TTA-averaged output (averaged in the head's space: logits or
+probabilities), where the study scored its model's output as is; and pixels with mask == 255
+are skipped, which the study's masks never have (`data.mask: ignore_boundary` makes them). No
+threshold, the sigmoid probabilities p themselves; the images of the split, in the split's file
+order, cut into consecutive batches of 8 (the last one may be smaller); per batch
+2 sum(p t) / (sum(p) + sum(t) + 1e-8) with the sums over every pixel of the batch's images
+together; then the plain mean over batches (a last batch of 5 weighs as much as a full one).
+It depends on the file order and on the batch of 8, not on the batch size the
 evaluation ran with (it is computed from per-image sums). `dice` instead thresholds at 0.5 and
 averages one Dice per image; `dice_global` thresholds and pools every pixel of the split.
 """

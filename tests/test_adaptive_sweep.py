@@ -22,7 +22,9 @@ from segsweep.sweeps.spec import load_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "experiments" / "quickstart.yaml"
-# optim.lr level -> (planted effect on test Dice, seed noise sd); 0.001 is the baseline level.
+# optim.lr level -> (planted effect on test Dice, seed noise sd). The baseline level is 0.003, the
+# quickstart's own lr (the base experiment's value, as the report picks it), not 0.001, the first
+# of four levels every cell shares equally.
 PLANTED = {0.001: (0.0, 1e-5), 0.002: (0.2, 1e-5), 0.003: (0.0, 1e-5), 0.004: (0.002, 0.02)}
 
 
@@ -128,28 +130,52 @@ def test_planted_effects_stop_where_they_should(tmp_path: Path, clean_env: None)
     assert outcome.exit_code == 0 and outcome.pending == 0
     record = json.loads((outcome.sweep_dir / "sequential.json").read_text())
     verdicts = {c["comparison"]: c for c in record["comparisons"]}
-    large, null, noisy = (verdicts[f"optim.lr: {lv} vs 0.001"] for lv in ("0.002", "0.003", "0.004"))
+    assert set(verdicts) == {f"optim.lr: {lv} vs 0.003" for lv in ("0.001", "0.002", "0.004")}
+    null, large, noisy = (verdicts[f"optim.lr: {lv} vs 0.003"] for lv in ("0.001", "0.002", "0.004"))
     assert large["verdict"] == "better" and large["seeds"] == 3 and large["looks"] == [3]
     assert null["verdict"] == "equivalent"
     assert noisy["verdict"] == "inconclusive" and noisy["seeds"] == 9 and noisy["looks"] == [3, 6, 9]
     assert noisy["seeds_to_detect"] is not None and noisy["seeds_to_detect"] > 9
     seeds = record["seeds"]
     assert seeds["optim.lr=0.002"] == [0, 1, 2]  # decided at the initial seeds: never grown
-    assert seeds["optim.lr=0.004"] == seeds["optim.lr=0.001"] == list(range(9))
+    assert seeds["optim.lr=0.004"] == seeds["optim.lr=0.003"] == list(range(9))
     assert record["alpha_per_comparison"] == pytest.approx(0.05 / 3)
     counts = completed(outcome.sweep_dir, "planted")
     assert set(counts) == planned_hashes(path, record) and set(counts.values()) == {1}
-    assert any("optim.lr: 0.004 vs 0.001: inconclusive" in line and "would detect a 0.005 difference" in line
+    assert any("optim.lr: 0.004 vs 0.003: inconclusive" in line and "would detect a 0.005 difference" in line
                for line in lines)
+    assert_counts_are_the_queued_seeds(path, outcome.sweep_dir, record, lines)
 
     from segsweep.reports.ablation import write_report
 
     text = write_report([outcome.sweep_dir]).read_text()
     section = text.split("## Sequential design (adaptive seeds)")[1]
     assert "O'Brien-Fleming" in section and "0.01667 each" in section
-    assert "| optim.lr: 0.002 vs 0.001 | 3 | better | 1 |" in section
-    assert "| optim.lr: 0.004 vs 0.001 | 3, 6, 9 | inconclusive | 3 |" in section
+    assert "| optim.lr: 0.002 vs 0.003 | 3 | better | 1 |" in section
+    assert "| optim.lr: 0.004 vs 0.003 | 3, 6, 9 | inconclusive | 3 |" in section
     assert f"{noisy['seeds_to_detect']} / {noisy['seeds_for_equivalence']} |" in section
+
+
+def assert_counts_are_the_queued_seeds(path: Path, sweep_dir: Path, record: dict, lines: list[str]) -> None:
+    """Progress bar, --status and the closing summary count the cells x seeds the rounds queued
+    (sequential.json's seeds), not every cell x `max` seeds."""
+    import optuna
+
+    from segsweep.sweeps.launch_status import sweep_status
+    from segsweep.sweeps.study import pending_trials, trials_done
+
+    sweep = load_sweep(path)
+    queued = sum(len(s) for s in record["seeds"].values())
+    assert queued < len(sweep.cells) * sweep.spec.seeds.max  # some arms stopped early: the counts must differ
+    journal = str(sweep_dir / "journal.log")
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(journal))
+    trials = optuna.load_study(study_name=sweep.name, storage=storage).get_trials(deepcopy=False)
+    assert trials_done(trials, sweep) == (queued, queued) and pending_trials(trials, sweep) == 0
+    status = sweep_status(sweep, journal)
+    assert sum(sum(row.counts.values()) for row in status.rows) == queued
+    assert {row.label: row.counts["done"] for row in status.rows} == {k: len(v) for k, v in record["seeds"].items()}
+    for label, seeds in record["seeds"].items():
+        assert any(line.split()[1:2] == [label] and f"n={len(seeds)}/{len(seeds)}" in line for line in lines)
 
 
 def test_a_command_killed_in_a_later_round_resumes_every_cell_once(tmp_path: Path, clean_env: None,
@@ -196,3 +222,41 @@ def test_a_trials_budget_stops_before_a_round_that_would_exceed_it(tmp_path: Pat
     assert sum(completed(outcome.sweep_dir, "budget").values()) == 12
     open_ = [c for c in record["comparisons"] if c["before_max"]]
     assert open_ and all(c["verdict"] == "inconclusive" and c["seeds"] == 3 and c["seeds_to_detect"] for c in open_)
+
+
+def test_comparisons_take_the_baseline_the_report_takes(tmp_path: Path) -> None:
+    """A base value shared by fewer cells than another level: the adaptive comparisons and the
+    ablation report both compare against the base experiment's value (lr 0.003), not the level
+    most cells have (0.001)."""
+    from segsweep.reports.design import group_arms, matched_pairs, same_level
+    from segsweep.reports.records import base_experiment, load_runs, read_sweep_spec
+    from segsweep.sweeps.adaptive import comparisons
+    from segsweep.sweeps.cells import base_values
+
+    arms = [{}, {"optim.lr": 0.001}, {"optim.lr": 0.001, "train.epochs": 2}]
+    sweep = load_sweep(write_adaptive(tmp_path / "lean.yaml", parameters={}, arms=arms))
+    sweep_dir = tmp_path / "lean"
+    sweep_dir.mkdir()
+    (sweep_dir / "sweep.yaml").write_text(yaml.safe_dump(sweep.resolved("journal.log"), sort_keys=False))
+    for i, cell in enumerate(sweep.cells):
+        for seed in (0, 1, 2):
+            spec = sweep.trial_spec(cell.overrides, seed, f"c{i}-s{seed}", cell.label)
+            write_record(spec, sweep_dir / "runs" / f"c{i}-s{seed}", 0.7 + 0.01 * seed)
+    study = group_arms(load_runs([sweep_dir]), None, base_experiment(read_sweep_spec(sweep_dir)))
+    lr = study.factor("optim.lr")
+    assert lr.baseline == pytest.approx(0.003) and lr.chosen_by == "base experiment"  # the rules differ here
+
+    found = comparisons(sweep)
+    assert [c.label for c in found] == ["optim.lr: 0.001 vs 0.003", "train.epochs: 2 vs 12"]
+    assert {(c.factor, c.level, c.baseline) for c in found} == {
+        (f.key, level, f.baseline) for f in study.factors for level in f.levels if level != f.baseline}
+    base = base_values(sweep)
+
+    def cell_of(arm: Any) -> str:
+        return next(c.label for c in sweep.cells
+                    if all(same_level(c.overrides.get(k, base[k]), v) for k, v in arm.levels.items()))
+
+    for comp in found:  # and the same cells pair up
+        assert list(comp.pairs) == [(cell_of(t), cell_of(c)) for t, c in matched_pairs(study, comp.factor, comp.level)]
+    assert [c.pairs for c in found] == [(("optim.lr=0.001", "baseline"),),
+                                        (("optim.lr=0.001,train.epochs=2", "optim.lr=0.001"),)]

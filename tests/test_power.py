@@ -43,6 +43,29 @@ def test_tost_power_matches_a_monte_carlo_simulation(true_diff: float) -> None:
     assert abs(rate - exact) < 3 * math.sqrt(exact * (1 - exact) / x.shape[0])
 
 
+def test_tost_power_keeps_rising_into_thousands_of_seeds() -> None:
+    """At large n the chi-square density of (n-1)s²/sd² is a narrow peak far inside [0, v_max]:
+    the integral must still find it (it once returned ~0 there, which stops the search for n)."""
+    margin, sd, level = 0.005, 0.005, 0.05 / 3
+    ns = [*range(2, 41), 60, 100, 200, 500, 1000, 1500, 2000]
+    powers = [tost_power(n, margin, sd, level) for n in ns]
+    assert all(later >= earlier - 1e-9 for earlier, later in zip(powers, powers[1:]))
+    assert powers[-1] > 1 - 1e-9
+    # A spread whose power is still rising at 1000 seeds, against a Monte Carlo of raw seeds.
+    n, sd = 1000, 0.05
+    rng, crit, reject = np.random.default_rng(2), sps.t.ppf(1 - level, n - 1), []
+    for _ in range(4):
+        x = rng.normal(0.0, sd, (5_000, n))
+        se = x.std(axis=1, ddof=1) / math.sqrt(n)
+        reject.append(((x.mean(axis=1) + margin) / se > crit) & ((x.mean(axis=1) - margin) / se < -crit))
+    rate, exact = float(np.concatenate(reject).mean()), tost_power(n, margin, sd, level)
+    assert 0.3 < exact < 0.95 and abs(rate - exact) < 3 * math.sqrt(exact * (1 - exact) / 20_000)
+    sd = 0.04  # needs several hundred seeds: the search goes through 512 and 1000
+    needed = seeds_for_equivalence(margin, sd, level)
+    assert needed is not None and 512 < needed < 1000
+    assert tost_power(needed, margin, sd, level) >= 0.8 > tost_power(needed - 1, margin, sd, level)
+
+
 def test_seeds_needed_is_the_smallest_n_at_alpha_over_the_comparisons() -> None:
     diffs = [0.004, -0.003, 0.009]
     needed = seeds_needed(diffs, detect=0.01, margin=0.005, alpha=0.05, comparisons=6)

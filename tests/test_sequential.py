@@ -82,3 +82,17 @@ def test_false_equivalence_stays_at_most_alpha(true_diff: float) -> None:
     for sd in (0.002, 0.006):
         rate = simulate(LOOKS, MARGIN, ALPHA, true_diff, sd, studies=STUDIES, seed=5)["equivalent"]
         assert rate <= ALPHA + within(rate, ALPHA)
+
+
+def test_report_section_shows_more_than_max_seeds_from_the_constant(monkeypatch: pytest.MonkeyPatch) -> None:
+    from segsweep.reports import power
+    from segsweep.reports.sequential import report_lines
+
+    monkeypatch.setattr(power, "MAX_SEEDS", 750)
+    record = {"planned_looks": [3, 6], "initial": [0, 1, 2], "step": 3, "max": 6, "design": "d", "alpha": 0.05,
+              "comparisons_in_family": 1, "alpha_per_comparison": 0.05, "margin": 0.005, "rounds": 2,
+              "stopped_by": "max", "comparisons": [
+                  {"comparison": "a: 1 vs 0", "verdict": "inconclusive", "looks": [3, 6], "look": 2, "t": 0.4,
+                   "boundary": 2.5, "boundary_tost": None, "seeds_to_detect": None, "seeds_for_equivalence": 40}]}
+    row = next(line for line in report_lines(record) if line.startswith("| a: 1 vs 0 |"))
+    assert row.endswith("| > 750 / 40 |") and "| ∞ |" in row

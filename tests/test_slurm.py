@@ -219,7 +219,7 @@ def test_missing_partition_is_refused_before_submitting(
 # --------------------------------------------------------------------------- anywhere
 
 
-@pytest.mark.parametrize("case", ["no sbatch", "node-local journal", "unknown key"])
+@pytest.mark.parametrize("case", ["no sbatch", "node-local journal", "unknown key", "password", "password in query"])
 def test_bad_launcher_input_is_one_line_and_exit_2(synthetic_root: Path, tmp_path: Path, case: str) -> None:
     path = sweep_file(tmp_path)
     env = dict(os.environ)
@@ -230,16 +230,28 @@ def test_bad_launcher_input_is_one_line_and_exit_2(synthetic_root: Path, tmp_pat
         env["PATH"] = str(tmp_path / "bin")  # no SLURM commands at all
         args += ["--storage", str(shared_journal)]
         expected = "SLURM's sbatch/sinfo are not on PATH"
-    elif case == "node-local journal":
+    elif case == "node-local journal":  # refused before sbatch would run: stand-ins that fail if called
+        (tmp_path / "bin").mkdir()
+        for tool in ("sbatch", "sinfo"):
+            (tmp_path / "bin" / tool).write_text("#!/bin/sh\nexit 97\n")
+            (tmp_path / "bin" / tool).chmod(0o755)
+        env["PATH"] = f"{tmp_path / 'bin'}{os.pathsep}{env['PATH']}"
         args += ["--storage", f"/dev/shm/segsweep-test-{uuid.uuid4().hex[:8]}/journal.log"]
         expected = "is under /dev/shm, which is local to each node"
-    else:
+    elif case == "unknown key":
         args += ["--storage", str(shared_journal), "--slurm", "partiton=gpu"]
         expected = "--slurm partiton=gpu: unknown key; did you mean 'partition'?"
+    else:  # the submitted job would pickle the URL into <sweep>/slurm/: refused before sbatch is even looked for
+        (tmp_path / "bin").mkdir()
+        env["PATH"] = str(tmp_path / "bin")
+        url = "postgresql://me:s3cret@127.0.0.1/db" if case == "password" else "postgresql://me@127.0.0.1/db?password=s3cret"
+        args += ["--storage", url]
+        expected = "the URL holds a password, which the submitted job would store in its files; keep it in PGPASSWORD"
     done = subprocess.run([*SWEEP, str(path), *overrides(synthetic_root), *args], capture_output=True, text=True,
                           timeout=300, cwd=REPO, env=env)
     assert done.returncode == 2, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and expected in done.stderr, done.stderr
+    assert "s3cret" not in done.stdout + done.stderr
     assert not shared_journal.exists() and not (tmp_path / "journal.log").exists() and not (tmp_path / "results").exists()
 
 
@@ -340,3 +352,135 @@ def test_slurm_block_in_the_sweep_file_with_command_line_pairs_over_it(tmp_path:
         slurm_options(sweep.spec.slurm, ["time=soon"], str(path))
     with pytest.raises(SpecError, match=r"slurm\.partiton: unknown key; did you mean 'partition'\?"):
         load_sweep(sweep_file(tmp_path, slurm={"partiton": "gpu"}))
+
+
+@pytest.mark.parametrize("pair, expected", [
+    ("partition=gpu\n#SBATCH --uid=0", "slurm.partition: expected a SLURM name of letters, digits and _ . , : + -"),
+    ("account=lab x", "slurm.account: expected a SLURM name"),
+    ("qos=normal;rm", "slurm.qos: expected a SLURM name"),
+    ("extra=--comment=a\n#SBATCH --uid=0", "slurm.extra: expected an sbatch option like --constraint=a100 (a value "
+                                            "without spaces or quotes)"),
+    ("extra=--comment='x'", "without spaces or quotes"),
+    ("extra=--signal=USR1@60", "--signal in extra: set it with its own key, slurm.signal_delay_s"),
+    ("extra=--cpus_per_task=4", "--cpus_per_task in extra: set it with its own key, slurm.cpus_per_task"),
+    ("extra=--time=10", "--time in extra: set it with its own key, slurm.time"),
+    ("extra=--job-name=x", "--job-name in extra: segsweep sets it"),
+    ("extra=--open_mode=truncate", "--open_mode in extra: segsweep sets it"),
+    ("extra=#SBATCH --array=0-99", "--array in extra: segsweep sets it"),
+    ("extra=--wrap=hostname", "--wrap in extra: segsweep sets it"),
+    ("time=2", "slurm: signal_delay_s (120 s) must be shorter than time ('2' = 120 s)"),
+    ("signal_delay_s=3600", "slurm: signal_delay_s (3600 s) must be shorter than time"),
+])
+def test_slurm_options_that_could_break_the_job_script_are_refused(pair: str, expected: str) -> None:
+    from segsweep.errors import SweepError
+    from segsweep.sweeps.launch_spec import slurm_options
+
+    with pytest.raises(SweepError) as caught:
+        slurm_options(None, [pair], "sweep.yaml")
+    message = str(caught.value)
+    assert message.startswith("sweep.yaml: slurm") and expected in message and "\n" not in message, message
+    kept = slurm_options(None, ["partition=gpu,debug", "account=my-lab.x", "time=00:03:00", "signal_delay_s=170",
+                                "extra=--constraint=a100|h100", "extra=#SBATCH --exclude=node[1-3]"], "sweep.yaml")
+    assert kept.extra_options() == {"constraint": "a100|h100", "exclude": "node[1-3]"} and kept.minutes == 3
+
+
+def test_sigterm_after_the_warning_signal_continues_the_same_stop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SLURM sends SIGTERM at the time limit after the SIGUSR2 warning: the stop the warning began
+    goes on (no exit at once); a second SIGTERM after a first one still exits at once."""
+    from segsweep.train.stop import SignalCatcher
+
+    exits: list[int] = []
+    monkeypatch.setattr(os, "_exit", exits.append)
+    with SignalCatcher() as catcher:
+        signal.raise_signal(signal.SIGUSR2)
+        signal.raise_signal(signal.SIGTERM)
+        signal.raise_signal(signal.SIGUSR2)
+    assert catcher.signum == signal.SIGUSR2 and exits == []
+    with SignalCatcher() as catcher:
+        signal.raise_signal(signal.SIGTERM)
+        signal.raise_signal(signal.SIGTERM)
+    assert catcher.signum == signal.SIGTERM and exits == [128 + signal.SIGTERM]
+
+
+def test_resumed_trial_counts_the_metrics_csv_epochs_up_to_last_pt(tmp_path: Path) -> None:
+    import torch
+
+    from segsweep.record import write_metrics
+    from segsweep.schema import METRIC_COLUMNS
+    from segsweep.sweeps.launch_resume import reported_before
+
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    torch.save({"epoch": 2, "model": {}}, run_dir / "checkpoints" / "last.pt")
+    # metrics.csv is written before last.pt: epoch 3 is ahead of the checkpoint and is trained again
+    row = dict.fromkeys(METRIC_COLUMNS, 0.25)
+    write_metrics(run_dir, [{**row, "epoch": 1, "val/dice": 0.5}, {**row, "epoch": 2, "val/dice": float("nan")},
+                            {**row, "epoch": 3, "val/dice": 0.9}])
+    assert reported_before(run_dir, "val/dice") == [0.5]
+
+
+@pytest.mark.filterwarnings("ignore:The reported value is ignored")  # Optuna keeps the carried step 1
+def test_fresh_run_of_a_resume_copy_counts_only_its_own_epochs(synthetic_root: Path, tmp_path: Path) -> None:
+    """A resume copy (or its heartbeat retry) whose folder lost last.pt trains from scratch: the
+    original's reported values, carried in the copy's intermediate values, are not its best."""
+    from types import SimpleNamespace
+
+    from segsweep.sweeps import load_sweep
+    from segsweep.sweeps.optuna_engine import run_worker
+    from segsweep.sweeps.storage import open_storage
+    from segsweep.sweeps.study import enqueue_grid, open_study
+    from segsweep.sweeps.trial import WorkerPlan
+
+    path = sweep_file(tmp_path, parameters={"model.init": {"values": ["pytorch"]}}, seeds=[0])
+    sweep = load_sweep(path, overrides(synthetic_root))
+    journal = tmp_path / "journal.log"
+    storage = open_storage(str(journal), sweep.spec.optuna)
+    enqueue_grid(open_study(sweep, storage), sweep)
+    study_id = storage.get_study_id_from_name(sweep.name)
+    (waiting,) = storage.get_all_trials(study_id, deepcopy=False)
+    (tmp_path / "gone" / "checkpoints").mkdir(parents=True)  # its last.pt is gone
+    storage.set_trial_user_attr(waiting._trial_id, "resume_from", str(tmp_path / "gone"))
+    storage.set_trial_intermediate_value(waiting._trial_id, 1, 0.99)  # the original's epoch 1
+    calls: list[dict] = []
+
+    def fake_fit(spec: Any, run_dir: Any, tracker: Any = None, on_epoch_end: Any = None, **kw: Any) -> Any:
+        calls.append(kw)
+        for epoch, value in ((1, 0.5), (2, 0.6)):
+            on_epoch_end(epoch, {"val/dice": value})
+        return SimpleNamespace(status="completed", metrics={"val/dice": 0.6}, signal=None)
+
+    plan = WorkerPlan(sweep=sweep, sweep_dir=tmp_path / "sweep", storage=str(journal), fit_fn=fake_fit,
+                      resume_interrupted=True)
+    assert run_worker(plan) is False
+    (done,) = storage.get_all_trials(study_id, deepcopy=False)
+    assert calls == [{}] and done.value == 0.6  # trained from scratch; 0.99 is not this run's
+
+
+def test_status_creates_nothing_in_a_database(synthetic_root: Path, tmp_path: Path) -> None:
+    """--status on a database URL: a missing SQLite file is a sweep not started (no file made), a
+    database without Optuna's tables is refused (none made), a masked URL is refused."""
+    import sqlite3
+
+    from segsweep.errors import SweepError
+    from segsweep.sweeps import load_sweep
+    from segsweep.sweeps.launch_status import status_lines, status_location, sweep_status
+    from segsweep.sweeps.storage import open_storage
+    from segsweep.sweeps.study import enqueue_grid, open_study
+
+    sweep = load_sweep(sweep_file(tmp_path), overrides(synthetic_root))
+    missing = tmp_path / "missing.db"
+    assert status_lines(sweep_status(sweep, f"sqlite:///{missing}"))[0].startswith(f"sweep {sweep.name}: not started")
+    assert not missing.exists()
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE notes (x INTEGER)")
+    with pytest.raises(SweepError, match="no segsweep/optuna study in this database"):
+        sweep_status(sweep, f"sqlite:///{other}")
+    with sqlite3.connect(other) as db:
+        assert [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")] == ["notes"]
+    used = f"sqlite:///{tmp_path / 'used.db'}"
+    enqueue_grid(open_study(sweep, open_storage(used, sweep.spec.optuna)), sweep)
+    assert status_lines(sweep_status(sweep, used))[0].startswith(f"sweep {sweep.name}: 0 done, 0 running, 8 waiting")
+    with pytest.raises(SweepError, match=r"has its password hidden \(\*\*\*\); give the URL without it"):
+        status_location(sweep, "postgresql://me:***@db.example/sweeps", tmp_path)
+    assert status_location(sweep, "postgresql://me@db.example/sweeps", tmp_path) == "postgresql://me@db.example/sweeps"

@@ -8,6 +8,10 @@
 
 if [ -z "${SEGSWEEP_TEST_SLURM:-}" ]; then
     if ! command -v slurmctld >/dev/null 2>&1 || ! command -v munged >/dev/null 2>&1; then
+        if [ "$(id -u)" -ne 0 ]; then
+            echo "ci: SLURM is missing and installing it needs root: run 'sudo apt-get install slurm-wlm munge' (Debian), or set SEGSWEEP_TEST_SLURM=1 with SLURM_CONF naming a cluster this user can submit to" >&2
+            exit 1
+        fi
         echo "ci: installing SLURM (Debian packages slurm-wlm munge)" >&2
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -qq >/dev/null
@@ -34,7 +38,7 @@ if [ -z "${SEGSWEEP_TEST_SLURM:-}" ]; then
     mkdir -p "$SLURM_CI_DIR/munge" "$SLURM_CI_DIR/state" "$SLURM_CI_DIR/spool"
     chmod 700 "$SLURM_CI_DIR/munge"
 
-    # munged: its own key, socket and files in the temp folder (--force: it runs as root here).
+    # munged: its own key, socket and files in the temp folder (--force: it may run as root here).
     dd if=/dev/urandom of="$SLURM_CI_DIR/munge/munge.key" bs=1024 count=1 status=none
     chmod 400 "$SLURM_CI_DIR/munge/munge.key"
     SLURM_CI_SOCKET="$SLURM_CI_DIR/munge/munge.socket"
@@ -46,13 +50,15 @@ if [ -z "${SEGSWEEP_TEST_SLURM:-}" ]; then
     slurm_ci_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
     SLURM_CI_NODE="$(hostname -s)"
     SLURM_CI_USER="$(id -un)"
+    # slurmd runs jobs as their owners, which needs root; without root it runs as this user (one user's jobs only).
+    if [ "$(id -u)" -eq 0 ]; then SLURM_CI_SLURMD_USER=root; else SLURM_CI_SLURMD_USER="$SLURM_CI_USER"; fi
     cat > "$SLURM_CI_DIR/slurm.conf" <<EOF
 ClusterName=segsweep-ci
 SlurmctldHost=$SLURM_CI_NODE(127.0.0.1)
 SlurmctldPort=$(slurm_ci_port)
 SlurmdPort=$(slurm_ci_port)
 SlurmUser=$SLURM_CI_USER
-SlurmdUser=root
+SlurmdUser=$SLURM_CI_SLURMD_USER
 AuthType=auth/munge
 AuthInfo=socket=$SLURM_CI_SOCKET
 CredType=cred/munge

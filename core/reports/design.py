@@ -142,6 +142,15 @@ def _group_configs(runs: Sequence[RunRecord]) -> tuple[dict[str, list[RunRecord]
     return groups, configs
 
 
+def cell_factors(cells: Mapping[str, Mapping[str, Any]],
+                 base: Mapping[str, Any]) -> tuple[list[Factor], dict[str, dict[str, Any]]]:
+    """The factors of cells given as {label: {key: value}} with the baselines `group_arms` picks
+    when no --baseline is given, and each cell's values as the report holds them (lists as
+    tuples, ignored keys dropped): the adaptive-seeds driver compares what the report compares."""
+    configs = {label: {k: _freeze(v) for k, v in c.items() if not _ignored(k)} for label, c in cells.items()}
+    return _find_factors(configs, {}, base)[0], configs
+
+
 def _find_factors(configs: Mapping[str, dict[str, Any]], baseline: Mapping[str, Any],
                   base: Mapping[str, Any]) -> tuple[list[Factor], list[str]]:
     """The keys that vary across arms, as factors with their sorted levels and baseline."""

@@ -43,7 +43,10 @@ def tost_power(n: int, margin: float, sd: float, alpha: float, true_diff: float 
         lower = stats.norm.cdf((-half - true_diff) * root_n / sd)
         return (upper - lower) * stats.chi2.pdf(v, df)
 
-    value, _ = integrate.quad(conditional, 0.0, v_max, limit=200)
+    # The χ² density is negligible beyond its 1 - 1e-12 quantile: cut there, and point quad at the
+    # peak near df, which an interval of v_max >> df (large n) would otherwise step over (power ~0).
+    hi = min(v_max, float(stats.chi2.ppf(1 - 1e-12, df)))
+    value, _ = integrate.quad(conditional, 0.0, hi, points=[min(df, hi)], limit=200)
     return float(min(1.0, max(0.0, value)))
 
 
@@ -111,7 +114,8 @@ def seeds_needed(diffs: "np.ndarray | list[float]", detect: float, margin: float
 # --------------------------------------------------------------------------- how reports show it
 
 
-def _count(n: int | None) -> str:
+def count_text(n: int | None) -> str:
+    """A seed count as reports show it: None (more than `MAX_SEEDS` needed) is "> MAX_SEEDS"."""
     return str(n) if n is not None else f"> {MAX_SEEDS}"
 
 
@@ -119,7 +123,7 @@ def needed_cell(needed: SeedsNeeded) -> str:
     """The effects table's "seeds needed" cell: to detect / to show equivalence ("—" without a spread)."""
     if not math.isfinite(needed.sd):
         return "—"
-    return f"{_count(needed.to_detect)} / {_count(needed.to_show_equivalence)}"
+    return f"{count_text(needed.to_detect)} / {count_text(needed.to_show_equivalence)}"
 
 
 def needed_sentence(verdict: str, seeds: int, needed: SeedsNeeded, margin: float) -> str:
@@ -128,10 +132,10 @@ def needed_sentence(verdict: str, seeds: int, needed: SeedsNeeded, margin: float
         return ""
     if not math.isfinite(needed.sd):
         return f"inconclusive at {seeds} seed(s); with no spread across seeds yet, no seed count can be estimated"
-    return (f"inconclusive at {seeds} seeds; about {_count(needed.to_detect)} would detect a {needed.detect:g} "
-            f"difference and about {_count(needed.to_show_equivalence)} would show equivalence within ±{margin:g} "
+    return (f"inconclusive at {seeds} seeds; about {count_text(needed.to_detect)} would detect a {needed.detect:g} "
+            f"difference and about {count_text(needed.to_show_equivalence)} would show equivalence within ±{margin:g} "
             f"if the true difference were 0"
-            + (f" (about {_count(needed.to_detect_observed)} to detect a true difference as large as the "
+            + (f" (about {count_text(needed.to_detect_observed)} to detect a true difference as large as the "
                f"{needed.observed:+.4f} observed)" if needed.observed and math.isfinite(needed.observed) else ""))
 
 

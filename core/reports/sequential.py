@@ -160,6 +160,7 @@ def decide_all(x: np.ndarray, looks: Sequence[int], margin: float, alpha: float)
 def report_lines(record: dict) -> list[str]:
     """The ablation report's section for a sweep run with adaptive seeds (its sequential.json)."""
     from ..format import fmt_float
+    from .power import count_text
 
     looks = ", ".join(str(n) for n in record.get("planned_looks", []))
     lines = [
@@ -176,7 +177,7 @@ def report_lines(record: dict) -> list[str]:
     ]
     for c in record.get("comparisons", []):
         needed = "—" if c.get("verdict") != "inconclusive" else (
-            f"{c.get('seeds_to_detect') or '> 1000'} / {c.get('seeds_for_equivalence') or '> 1000'}")
+            f"{count_text(c.get('seeds_to_detect'))} / {count_text(c.get('seeds_for_equivalence'))}")
         bounds = [fmt_float(c.get(k), 2) if c.get(k) is not None else "∞" for k in ("boundary", "boundary_tost")]
         lines.append(f"| {c['comparison']} | {', '.join(map(str, c.get('looks', [])))} | {c['verdict']} | "
                      f"{c.get('look')} | {fmt_float(c.get('t'), 2) if c.get('t') is not None else '±∞'} | "

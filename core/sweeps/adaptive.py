@@ -93,26 +93,25 @@ class Comparison:
 
 
 def comparisons(sweep: Sweep) -> list[Comparison]:
-    """Every non-baseline level of every varied key, against the level most cells have (ties:
-    the first in the ablation report's order: the report picks the same baseline)."""
-    from ..reports.design import level_key, same_level
+    """Every non-baseline level of every varied key against that factor's baseline, chosen by the
+    ablation report's own rule (`reports.design.cell_factors`, what `group_arms` does without
+    --baseline): the base experiment's value where it is one of the levels, else the level most
+    cells have (ties: the first in sorted order)."""
+    from ..reports.design import cell_factors, same_level
     from .cells import base_values
 
     base = base_values(sweep)
     keys = sorted({k for c in sweep.cells for k in c.overrides})
-    levels = {c.label: {k: c.overrides.get(k, base.get(k)) for k in keys} for c in sweep.cells}
+    factors, levels = cell_factors({c.label: {k: c.overrides.get(k, base.get(k)) for k in keys}
+                                    for c in sweep.cells}, base)
     found: list[Comparison] = []
-    for key in keys:
-        values = sorted((lv[key] for lv in levels.values()), key=level_key)
-        distinct = [v for i, v in enumerate(values) if not any(same_level(v, w) for w in values[:i])]
-        if len(distinct) < 2:
-            continue
-        baseline = max(distinct, key=lambda v: (sum(same_level(v, w) for w in values), -distinct.index(v)))
+    for factor in factors:
+        key, baseline = factor.key, factor.baseline
 
         def rest(label: str) -> list:
-            return [json.dumps(levels[label][k], default=str) for k in keys if k != key]
+            return [json.dumps(v, default=str) for k, v in levels[label].items() if k != key]
 
-        for level in (v for v in distinct if not same_level(v, baseline)):
+        for level in (v for v in factor.levels if not same_level(v, baseline)):
             pairs = tuple((t, c) for t in levels for c in levels if same_level(levels[t][key], level)
                           and same_level(levels[c][key], baseline) and rest(t) == rest(c))
             if pairs:

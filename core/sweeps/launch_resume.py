@@ -2,6 +2,7 @@
 stopped by a signal queued again to continue from its `last.pt` in the same run folder."""
 from __future__ import annotations
 
+import math
 import os
 import socket
 from pathlib import Path
@@ -48,10 +49,17 @@ def resume_dir(trial: optuna.Trial) -> Path | None:
     return None
 
 
-def reported_so_far(storage: BaseStorage, trial: optuna.Trial) -> list[float]:
-    """The metric values a resume copy's original already reported (they count for its best)."""
-    values = storage.get_trial(trial_id(trial)).intermediate_values
-    return [values[step] for step in sorted(values)]
+def reported_before(run_dir: Path, metric: str) -> list[float]:
+    """The metric's values in `run_dir`'s metrics.csv up to its last.pt's epoch: what a resumed run
+    reported before (they count for its best); metrics.csv may be one epoch ahead of last.pt."""
+    from ..checkpoint import checkpoint_epoch
+    from ..record import read_metrics
+
+    upto = checkpoint_epoch(run_dir / "checkpoints" / "last.pt")
+    if upto is None:
+        return []
+    values = [row.get(metric) for row in read_metrics(run_dir) if int(row["epoch"]) <= upto]
+    return [float(v) for v in values if v is not None and math.isfinite(v)]
 
 
 def queue_resume(study: optuna.Study, storage: BaseStorage, trial: optuna.Trial, run_dir: Path | None) -> bool:

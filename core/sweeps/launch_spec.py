@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import SweepError
 
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+):(\d{1,2})(?::(\d{1,2}))?$")
+_NAME = re.compile(r"^[A-Za-z0-9_.,:+-]+$")  # a partition, account or QOS name (or a comma list)
+_OPTION = re.compile(r"^--([a-z][a-z0-9_-]*)(?:=([^\s'\"]+))?$")  # a value without spaces or quotes
+# sbatch options `extra` may not set: those with their own key here, and those segsweep sets itself.
+OWN_KEYS = {"time": "time", "partition": "partition", "cpus_per_task": "cpus_per_task", "mem": "mem",
+            "gpus_per_task": "gpus_per_task", "account": "account", "qos": "qos", "signal": "signal_delay_s"}
+LAUNCHER_KEYS = ("array", "output", "error", "open_mode", "requeue", "no_requeue", "job_name", "ntasks_per_node",
+                 "wrap")
 
 
 class SlurmSpec(BaseModel):
@@ -50,12 +57,27 @@ class SlurmSpec(BaseModel):
         minutes_of(value)
         return value
 
+    @field_validator("partition", "account", "qos")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        if value is not None and not _NAME.match(value):
+            raise ValueError(f"expected a SLURM name of letters, digits and _ . , : + - (e.g. gpu or my_lab), "
+                             f"got {value!r}")
+        return value
+
     @field_validator("extra")
     @classmethod
     def _extra(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for line in value:
             extra_option(line)
         return value
+
+    @model_validator(mode="after")
+    def _warning_before_limit(self) -> "SlurmSpec":
+        if self.signal_delay_s >= self.minutes * 60:
+            raise ValueError(f"signal_delay_s ({self.signal_delay_s} s) must be shorter than time ({self.time!r} = "
+                             f"{self.minutes * 60} s): the warning signal comes that long before the time limit")
+        return self
 
     @property
     def minutes(self) -> int:
@@ -86,10 +108,17 @@ def minutes_of(value: int | str) -> int:
 def extra_option(line: str) -> tuple[str, str | bool]:
     """('constraint', 'a100') from '--constraint=a100' (or '#SBATCH --constraint=a100')."""
     text = line.strip().removeprefix("#SBATCH").strip()
-    match = re.match(r"^--([a-z][a-z0-9-]*)(?:=(.+))?$", text)
+    match = _OPTION.match(text)
     if match is None:
-        raise ValueError(f"expected an sbatch option like --constraint=a100, got {line!r}")
-    return match.group(1).replace("-", "_"), match.group(2) if match.group(2) is not None else True
+        raise ValueError(f"expected an sbatch option like --constraint=a100 (a value without spaces or quotes), "
+                         f"got {line!r}")
+    key = match.group(1).replace("-", "_")
+    if key in OWN_KEYS:
+        raise ValueError(f"--{match.group(1)} in extra: set it with its own key, slurm.{OWN_KEYS[key]}")
+    if key in LAUNCHER_KEYS:
+        raise ValueError(f"--{match.group(1)} in extra: segsweep sets it (the job array, its logs, the warning "
+                         "signal and the requeue depend on it)")
+    return key, match.group(2) if match.group(2) is not None else True
 
 
 def slurm_options(block: SlurmSpec | None, pairs: Sequence[str], where: str) -> SlurmSpec:
@@ -112,6 +141,6 @@ def slurm_options(block: SlurmSpec | None, pairs: Sequence[str], where: str) -> 
     except ValidationError as exc:
         error = exc.errors()[0]
         key, message = ".".join(str(p) for p in error["loc"]), error["msg"].removeprefix("Value error, ")
-        got = "" if "got" in message else f" (got {error.get('input')!r})"
-        raise SweepError(f"{where}: slurm.{key}: {message}{got}") from None
+        got = "" if "got" in message or isinstance(error.get("input"), Mapping) else f" (got {error.get('input')!r})"
+        raise SweepError(f"{where}: {'slurm.' + key if key else 'slurm'}: {message}{got}") from None
 

@@ -9,9 +9,10 @@ from pathlib import Path
 
 from optuna.trial import FrozenTrial, TrialState
 
-from .cells import Sweep, cell_config_hash
-from .storage import is_rdb_url, masked_url, open_storage
-from .study import SETTLED_FAILURES, holds, pending_trials
+from .cells import Sweep
+from ..errors import SweepError
+from .storage import HIDDEN, is_rdb_url, masked_url, open_storage, resolve_rdb_url
+from .study import SETTLED_FAILURES, holds, pending_trials, planned_cells
 
 STATES = ("done", "running", "waiting", "failed")
 
@@ -59,9 +60,12 @@ def holder(trial: FrozenTrial) -> str:
 
 
 def sweep_status(sweep: Sweep, location: str) -> SweepStatus:
-    """The sweep's cells (or trials) by state, read from `location` (nothing is created)."""
+    """The sweep's cells (or trials) by state, read from `location` (nothing is created: a missing
+    journal or SQLite file is a sweep not started; a database without Optuna's tables is refused)."""
     where = masked_url(location) if is_rdb_url(location) else location
     if not is_rdb_url(location) and not Path(location).is_file():
+        return SweepStatus(sweep.name, where, started=False)
+    if is_rdb_url(location) and not _has_studies(location):
         return SweepStatus(sweep.name, where, started=False)
     store = open_storage(location, sweep.spec.optuna)
     try:
@@ -76,10 +80,11 @@ def sweep_status(sweep: Sweep, location: str) -> SweepStatus:
         for trial in trials:
             by_hash.setdefault(str(trial.user_attrs.get("config_hash")), []).append(trial)
         rows = []
+        planned = planned_cells(sweep, set(by_hash))  # adaptive seeds: only the seeds a round queued
         for cell in sweep.cells:
             row = Row(cell.label)
-            for seed in sweep.seeds:
-                row.counts[_state(by_hash.get(cell_config_hash(sweep, cell, seed)[0], []))] += 1
+            for _, chash in planned[cell.label]:
+                row.counts[_state(by_hash.get(chash, []))] += 1
             rows.append(row)
     else:
         row = Row(f"{sweep.method} search (run_cap {sweep.spec.run_cap})")
@@ -92,6 +97,30 @@ def sweep_status(sweep: Sweep, location: str) -> SweepStatus:
                 row.counts[{TrialState.RUNNING: "running", TrialState.WAITING: "waiting"}.get(trial.state, "done")] += 1
         rows = [row]
     return SweepStatus(sweep.name, where, True, tuple(rows), running, pending_trials(trials, sweep))
+
+
+def _has_studies(location: str) -> bool:
+    """False for a missing SQLite file; a database without Optuna's tables is refused. Checked
+    before opening the storage, which would create them (or the file)."""
+    import sqlalchemy
+
+    url = sqlalchemy.engine.make_url(resolve_rdb_url(location))
+    if url.get_backend_name() == "sqlite":
+        if not url.database or url.database == ":memory:" or not Path(url.database).is_file():
+            return False
+    args = {"connect_timeout": 10} if url.get_backend_name() in ("postgresql", "mysql") else {}
+    engine = sqlalchemy.create_engine(url, connect_args=args)
+    try:
+        found = sqlalchemy.inspect(engine).has_table("studies")
+    except Exception as exc:  # driver missing, server down, wrong credentials
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise SweepError(f"--status: storage {masked_url(location)}: cannot open ({reason})") from None
+    finally:
+        engine.dispose()
+    if not found:
+        raise SweepError(f"--status: storage {masked_url(location)}: no segsweep/optuna study in this database "
+                         "(no `studies` table); check the URL; nothing was created")
+    return found
 
 
 def status_lines(status: SweepStatus) -> list[str]:
@@ -115,4 +144,7 @@ def status_lines(status: SweepStatus) -> list[str]:
 def status_location(sweep: Sweep, storage: str | None, results: Path) -> str:
     """Where the sweep's study is: --storage, the sweep file's optuna.storage, or the default journal."""
     location = storage or sweep.spec.optuna.storage or str(results / "sweeps" / sweep.name / "journal.log")
+    if is_rdb_url(location) and HIDDEN in location:
+        raise SweepError(f"--status: storage {location} has its password hidden ({HIDDEN}); give the URL without "
+                         "it, postgresql://USER@HOST/DB, and keep the password in PGPASSWORD or ~/.pgpass")
     return location if is_rdb_url(location) else os.path.expanduser(location)

@@ -17,7 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ..record import atomic_write_text, csv_text
 from .cells import Sweep, base_values
-from .study import trials_done
+from .study import planned_cells, trials_done
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +80,13 @@ def summarize(rows: Sequence[Mapping[str, Any]], sweep: Sweep, top: int = 20) ->
     if not ranked:
         return ["no trials yet"]
     width = min(60, max(len(label) for label in cells))
-    seeds = len(sweep.seeds) if sweep.method == "grid" else 1
+    planned = planned_cells(sweep, {row["config_hash"] for row in rows}) if sweep.method == "grid" else None
     lines = [f"{'':>3} {'cell':<{width}}  val/dice (mean ± std, n)   test/dice"]
     for rank, (label, c) in enumerate(ranked[:top], 1):
         if c["val"]:
             std = statistics.stdev(c["val"]) if len(c["val"]) > 1 else 0.0
             test = f"{statistics.fmean(c['test']):.4f}" if c["test"] else "-"
+            seeds = 1 if planned is None else len(planned.get(label, ()))  # adaptive: the seeds queued so far
             score = f"{statistics.fmean(c['val']):.4f} ± {std:.4f}  n={len(c['val'])}/{seeds}"
         else:
             score, test = f"{'-':<24}", "-"

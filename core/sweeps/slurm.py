@@ -21,7 +21,7 @@ from .cells import Sweep
 from .engines import Echo, SweepOutcome
 from .launch_resume import slurm_job_id
 from .launch_spec import SlurmSpec, slurm_options
-from .storage import is_rdb_url, masked_url
+from .storage import SECRET_QUERY_KEYS, is_rdb_url, masked_url
 from .trial import WorkerPlan
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,23 @@ def check_shared_storage(location: str, environ: Mapping[str, str] | None = None
                          "workers on other nodes would each see their own; put it on a filesystem every node "
                          "mounts (e.g. --storage $HOME/sweeps/journal.log or --results under $HOME) or use "
                          "--storage postgresql://USER@HOST/DB")
+
+
+def check_no_password(location: str) -> None:
+    """Refuse a database URL with a password: the job array's pickled plan would store it on disk."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    if not is_rdb_url(location) or location.startswith("sqlite"):
+        return
+    try:
+        parsed = make_url(location)
+    except (ArgumentError, ValueError):
+        return  # opening the storage says what is wrong with the URL
+    if parsed.password is not None or any(key.lower() in SECRET_QUERY_KEYS for key in parsed.query):
+        raise SweepError(f"--launcher slurm with --storage {masked_url(location)}: the URL holds a password, which the "
+                         "submitted job would store in its files; keep it in PGPASSWORD or ~/.pgpass (the workers' "
+                         "environment passes it on) and give postgresql://USER@HOST/DB; nothing was submitted")
 
 
 def node_local(path: Path, environ: Mapping[str, str] | None = None) -> str | None:
@@ -147,8 +164,12 @@ class SlurmWorker:
     preemption): its workers finish the current step, save `last.pt`, queue their trial to
     resume from it (`launch_resume`) and stop; the task then requeues itself (`scontrol
     requeue`), and whichever worker claims the trial next continues it in the same run folder.
-    A worker killed without warning leaves a stale trial, retried after the heartbeat grace
-    period as on one machine.
+    A SIGTERM without that warning (`scancel`, a preemption without `--signal`) stops the
+    workers the same way, but the task does not requeue itself: a cancelled job stays
+    cancelled, and SLURM requeues a preempted one itself (the array is `--requeue`); the
+    queued trials go to any other worker, or to the next run of the command. A worker killed
+    without warning leaves a stale trial, retried after the heartbeat grace period as on one
+    machine.
     """
 
     def __init__(self, plan: WorkerPlan) -> None:
@@ -223,8 +244,9 @@ def submit_slurm_sweep(sweep: Sweep, *, workers: int, storage: str | None, resul
     location = storage or sweep.spec.optuna.storage or str(sweep_dir / "journal.log")
     if not is_rdb_url(location):
         location = os.path.abspath(os.path.expanduser(location))
-    check_shared_storage(location)
+    check_no_password(location)
     check_slurm_installed()
+    check_shared_storage(location)
     check_partition(options)
     check_writable(sweep_dir)
     if node_local(sweep_dir):
@@ -240,7 +262,7 @@ def submit_slurm_sweep(sweep: Sweep, *, workers: int, storage: str | None, resul
                       resume_interrupted=True)
     array = _submit(plan, options, workers, sweep_dir / "slurm")
     status = shlex.join(["segsweep", "sweep", str(sweep.path), *sweep.overrides, "--status",
-                         *(["--storage", masked_url(location)] if storage else []),
+                         *(["--storage", location] if storage else []),  # no password (refused above)
                          *(["--results", str(results)] if str(results) != "results" else [])])
     for line in (f"submitted job array {array}: {workers} worker(s) on partition {options.partition or '(default)'}",
                  f"storage: {where}", f"logs: {sweep_dir / 'slurm'}", f"watch: squeue -j {array}",

@@ -12,6 +12,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import SweepError
+from .adaptive import SeedSchedule
 from .cells import Sweep, cell_config_hash
 from .launch_resume import resumes
 from .storage import is_retry
@@ -160,18 +161,44 @@ def budget_used(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
     return [t for t in trials if not is_retry(t) and t.user_attrs.get("status") != "interrupted"]
 
 
+def planned_cells(sweep: Sweep, queued: set[str | None]) -> dict[str, list[tuple[int, str]]]:
+    """Per grid cell label, its (seed, config hash) to run in seed order: every seed of `seeds:`;
+    with a seed schedule (adaptive seeds), the initial seeds and each later seed a round queued
+    for the cell (its hash is in `queued`, the config hashes of the study's trials), never the
+    seeds up to `max` that no round asked for."""
+    schedule = sweep.spec.seeds if isinstance(sweep.spec.seeds, SeedSchedule) else None
+    out: dict[str, list[tuple[int, str]]] = {cell.label: [] for cell in sweep.cells}
+    for seed in sweep.seeds:
+        for cell in sweep.cells:
+            chash = cell_config_hash(sweep, cell, seed)[0]
+            if schedule is None or seed in schedule.initial or chash in queued:
+                out[cell.label].append((seed, chash))
+    return out
+
+
+def _settled(trials: Sequence[FrozenTrial]) -> set[str | None]:
+    return {t.user_attrs.get("config_hash") for t in trials if holds(t) and t.state not in (
+        TrialState.WAITING, TrialState.RUNNING)}
+
+
 def pending_trials(trials: Sequence[FrozenTrial], sweep: Sweep) -> int:
-    """What a rerun would still run: grid cells x seeds held by no finished trial; random/bayes:
-    trials short of run_cap."""
+    """What a rerun would still run: grid cells x seeds (as `planned_cells`) held by no finished
+    trial; random/bayes: trials short of run_cap."""
     if sweep.method != "grid":
         return max(0, (sweep.spec.run_cap or 0) - len(budget_used(trials)))
-    done = {t.user_attrs.get("config_hash") for t in trials if holds(t) and t.state not in (
-        TrialState.WAITING, TrialState.RUNNING)}
-    return sum(1 for seed in sweep.seeds for cell in sweep.cells if cell_config_hash(sweep, cell, seed)[0] not in done)
+    done = _settled(trials)
+    planned = planned_cells(sweep, {t.user_attrs.get("config_hash") for t in trials})
+    return sum(1 for runs in planned.values() for _, chash in runs if chash not in done)
 
 
 def trials_done(trials: Sequence[FrozenTrial], sweep: Sweep) -> tuple[int, int]:
-    """(done, total) for the sweep's progress bar: cells x seeds (grid) or run_cap trials settled."""
-    total = len(sweep.cells) * len(sweep.seeds) if sweep.method == "grid" else (sweep.spec.run_cap or 0)
-    finished = [t for t in trials if t.state not in (TrialState.WAITING, TrialState.RUNNING)]
-    return min(total, total - pending_trials(finished, sweep)), total
+    """(done, total) for the sweep's progress bar: the cells x seeds of `planned_cells` (grid) or
+    run_cap trials settled."""
+    if sweep.method != "grid":
+        total = sweep.spec.run_cap or 0
+        finished = [t for t in trials if t.state not in (TrialState.WAITING, TrialState.RUNNING)]
+        return min(total, total - pending_trials(finished, sweep)), total
+    done = _settled(trials)
+    planned = planned_cells(sweep, {t.user_attrs.get("config_hash") for t in trials})
+    return (sum(1 for runs in planned.values() for _, chash in runs if chash in done),
+            sum(len(runs) for runs in planned.values()))

@@ -22,7 +22,7 @@ from ..record import new_run_dir
 from ..spec import arm_hash, config_hash
 from .cells import Sweep, arm_choices
 from .engines import FitFn, trial_tracker
-from .launch_resume import queue_resume, reported_so_far, resume_dir, worker_attrs
+from .launch_resume import queue_resume, reported_before, resume_dir, worker_attrs
 from .spec import cell_label
 from .storage import Heartbeat, trial_id
 from .study import duplicate_of, make_sampler
@@ -85,12 +85,13 @@ def run_trial(study: optuna.Study, storage: BaseStorage, study_id: int, trial: o
         if chosen is None:
             return "duplicate"
         overrides, seed, label = chosen
-        reported.extend(reported_so_far(storage, trial))
+        resume = resume_dir(trial)  # a resume copy (or a retry of one) whose folder still has last.pt
+        reported.extend(reported_before(resume, sweep.spec.metric.name) if resume else [])
         trial.set_user_attr("overrides", overrides)
         trial.set_user_attr("seed", seed)
         trial.set_user_attr("cell", label)
         hook = _epoch_hook(trial, storage, sweep, reported, lost)
-        status, summary, signum, run_dir = _train(trial, plan, fit_fn, chosen, hook)
+        status, summary, signum, run_dir = _train(trial, plan, fit_fn, chosen, hook, resume)
         if status == "interrupted" and signum is not None and plan.resume_interrupted \
                 and not lost.is_set() and queue_resume(study, storage, trial, run_dir):
             log.info(f"trial {trial.number}: stopped by a signal; queued to resume from {run_dir}")
@@ -152,13 +153,14 @@ def _epoch_hook(trial: optuna.Trial, storage: BaseStorage, sweep: Sweep, reporte
 
 
 def _train(trial: optuna.Trial, plan: WorkerPlan, fit_fn: FitFn, chosen: tuple[dict[str, Any], int, str],
-           on_epoch_end: Callable[[int, dict[str, float]], None]) -> tuple[str, dict[str, Any], Any, Path | None]:
-    """(status, summary, signal, run_dir) of training the trial; an error is a `failed` status."""
+           on_epoch_end: Callable[[int, dict[str, float]], None],
+           resume: Path | None) -> tuple[str, dict[str, Any], Any, Path | None]:
+    """(status, summary, signal, run_dir) of training the trial (continuing `resume`'s run folder
+    when given); an error is a `failed` status."""
     sweep, (overrides, seed, label) = plan.sweep, chosen
     summary: dict[str, Any] = {}
     signum, run_dir = None, None
     try:
-        resume = resume_dir(trial)
         if resume is None:
             spec = sweep.trial_spec(overrides, seed, f"{sweep.name}.t{trial.number:04d}", label)
             run_dir = new_run_dir(plan.sweep_dir, spec.name, create=False).resolve()

@@ -16,7 +16,8 @@ log = logging.getLogger(__name__)
 
 
 # SIGUSR2: SLURM's warning before a time limit or preemption (`sbatch --signal`); it may come
-# twice (to the whole job step, and forwarded by a supervising process), so a repeat is ignored.
+# twice (to the whole job step, and forwarded by a supervising process), so a repeat is ignored,
+# and so is the SIGTERM SLURM sends when the time is up: the stop the warning began goes on.
 WARNING_SIGNALS = (signal.SIGUSR2,) if hasattr(signal, "SIGUSR2") else ()
 
 
@@ -25,7 +26,7 @@ class SignalCatcher:
 
     A second signal exits at once with 128 + its number, after `on_exit_now` (which writes
     summary.json as `interrupted`; last.pt then holds the last completed epoch); a repeated
-    SIGUSR2 changes nothing.
+    SIGUSR2, or a SIGTERM after it (SLURM's at the time limit), changes nothing.
     """
 
     def __init__(self) -> None:
@@ -40,7 +41,10 @@ class SignalCatcher:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is not None and signum in WARNING_SIGNALS:
+        if self.signum is not None and (signum in WARNING_SIGNALS or (
+                self.signum in WARNING_SIGNALS and signum == signal.SIGTERM)):
+            if signum == signal.SIGTERM:
+                log.warning("\nreceived SIGTERM after the warning signal: still finishing this step, then saving")
             return
         if self.signum is not None:
             log.warning(f"\nreceived {signal.Signals(signum).name} again: exiting now")
