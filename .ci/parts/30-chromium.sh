@@ -6,14 +6,7 @@ if ! .venv/bin/python -c 'import optuna_dashboard' 2>/dev/null; then
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dashboard]'
 fi
 if ! command -v chromium >/dev/null 2>&1; then
-    if [ "$(id -u)" -ne 0 ]; then
-        echo "ci: Chromium is missing and installing it needs root: run 'sudo apt-get install chromium' (Debian), or set SEGSWEEP_TEST_CHROMIUM=/path/to/chromium and put it on PATH" >&2
-        exit 1
-    fi
-    echo "ci: installing Chromium (Debian package chromium)" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >/dev/null
-    apt-get install -y -qq --no-install-recommends chromium >/dev/null
+    apt_install Chromium ", or put a chromium on PATH" chromium
 fi
 export SEGSWEEP_TEST_CHROMIUM="$(command -v chromium)"
 echo "ci: $("$SEGSWEEP_TEST_CHROMIUM" --version 2>/dev/null | head -n 1) at $SEGSWEEP_TEST_CHROMIUM" >&2

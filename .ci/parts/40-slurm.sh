@@ -8,14 +8,8 @@
 
 if [ -z "${SEGSWEEP_TEST_SLURM:-}" ]; then
     if ! command -v slurmctld >/dev/null 2>&1 || ! command -v munged >/dev/null 2>&1; then
-        if [ "$(id -u)" -ne 0 ]; then
-            echo "ci: SLURM is missing and installing it needs root: run 'sudo apt-get install slurm-wlm munge' (Debian), or set SEGSWEEP_TEST_SLURM=1 with SLURM_CONF naming a cluster this user can submit to" >&2
-            exit 1
-        fi
-        echo "ci: installing SLURM (Debian packages slurm-wlm munge)" >&2
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq >/dev/null
-        apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null
+        apt_install SLURM ", or set SEGSWEEP_TEST_SLURM=1 with SLURM_CONF naming a cluster this user can submit to" \
+            slurm-wlm munge
     fi
     # The submitit extra (workers are submitted through it).
     if ! .venv/bin/python -c 'import submitit' 2>/dev/null; then

@@ -9,7 +9,6 @@ no such shortcut, stay with albumentations and run after the geometry.
 from __future__ import annotations
 
 import math
-import os
 import random
 from typing import Any
 
@@ -87,8 +86,7 @@ def build_augmentation(spec: AugmentSpec, size: int) -> Augmentation | None:
     geometry = GeometricWarp(spec) if spec.affine_p > 0 or spec.hflip_p > 0 else None
     rest: list[Any] = []
     if spec.elastic_p > 0 or spec.color_jitter_p > 0:
-        os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check at import
-        import albumentations as A
+        import albumentations as A  # its update check is off: segsweep/__init__.py sets the flag
 
         if spec.elastic_p > 0:
             # Smooth displacements of ~2% of the side (the U-Net paper: 10 px std on 572 px tiles).
