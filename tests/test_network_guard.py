@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-import yaml
 
-from segsweep.trees import set_dotted
+from test_sweeps import write_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "experiments" / "quickstart.yaml"
@@ -189,16 +188,11 @@ def test_run_sweep_and_report_open_no_socket_beyond_loopback(guarded, tmp_path: 
     assert "wandb sync" in done.stdout + done.stderr  # W&B did record, offline
     assert_no_network(log, proxy)
 
-    experiment: dict = {"extends": str(QUICKSTART)}
-    for key, value in {**overrides, "tracking.wandb.mode": "offline"}.items():
-        set_dotted(experiment, key, value)
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(experiment))
-    sweep_file = tmp_path / "net_guard.yaml"
-    sweep_file.write_text(yaml.safe_dump({
-        "name": "net_guard", "experiment": str(tmp_path / "tiny.yaml"), "method": "grid",
-        "parameters": {"model.batchnorm": {"values": [True, False]}}, "seeds": [0],
-    }, sort_keys=False))
-    segsweep(env, tmp_path, "sweep", sweep_file, "--results", tmp_path / "results")
+    sweep_file = write_sweep(tmp_path / "net_guard.yaml", parameters={"model.batchnorm": {"values": [True, False]}},
+                             seeds=[0])
+    sweep_overrides = {**overrides, "tracking.wandb.mode": "offline"}
+    segsweep(env, tmp_path, "sweep", sweep_file, *[f"{k}={v}" for k, v in sweep_overrides.items()],
+             "--results", tmp_path / "results")
     sweep_dir = tmp_path / "results" / "sweeps" / "net_guard"
     assert len(list(sweep_dir.glob("runs/*/*/summary.json"))) == 2
     assert_no_network(log, proxy)

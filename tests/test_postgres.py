@@ -13,7 +13,6 @@ import os
 import signal
 import socket
 import threading
-import time
 import uuid
 from collections import Counter
 from pathlib import Path

@@ -7,13 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from segsweep.sweeps import run_sweep
-from segsweep.trees import set_dotted
-
-REPO = Path(__file__).resolve().parents[1]
-QUICKSTART = REPO / "experiments" / "quickstart.yaml"
+from test_sweeps import write_sweep
 
 
 def read_run(log_dir: Path) -> tuple[Any, dict[str, Any]]:
@@ -39,16 +35,10 @@ def plain(value: Any) -> Any:
 def test_a_sweeps_runs_carry_arm_seed_hparams_domains_and_test_metrics(tmp_path: Path, tiny_overrides: dict) -> None:
     from tensorboard.plugins.hparams import api_pb2, metadata
 
-    experiment: dict = {"extends": str(QUICKSTART)}
-    for key, value in {**tiny_overrides, "train.epochs": 2, "tracking.tensorboard": True}.items():
-        set_dotted(experiment, key, value)
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(experiment))
-    sweep_file = tmp_path / "tb_grid.yaml"
-    sweep_file.write_text(yaml.safe_dump({
-        "name": "tb_grid", "experiment": str(tmp_path / "tiny.yaml"), "method": "grid",
-        "parameters": {"model.batchnorm": {"values": [True, False]}}, "seeds": [3],
-    }))
-    outcome = run_sweep(sweep_file, results=tmp_path / "results")
+    sweep_file = write_sweep(tmp_path / "tb_grid.yaml", parameters={"model.batchnorm": {"values": [True, False]}},
+                             seeds=[3])
+    outcome = run_sweep(sweep_file, {**tiny_overrides, "train.epochs": 2, "tracking.tensorboard": True},
+                        results=tmp_path / "results")
     assert outcome.exit_code == 0
 
     log_dirs = sorted(outcome.sweep_dir.glob("runs/*/*/tensorboard/*"))
