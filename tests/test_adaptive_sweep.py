@@ -260,3 +260,41 @@ def test_comparisons_take_the_baseline_the_report_takes(tmp_path: Path) -> None:
         assert list(comp.pairs) == [(cell_of(t), cell_of(c)) for t, c in matched_pairs(study, comp.factor, comp.level)]
     assert [c.pairs for c in found] == [(("optim.lr=0.001", "baseline"),),
                                         (("optim.lr=0.001,train.epochs=2", "optim.lr=0.001"),)]
+
+
+def test_a_sweep_with_claims_adds_seeds_for_its_open_claims_only(tmp_path: Path, clean_env: None) -> None:
+    """With `claims:`, the rounds settle the claims (not every factor level): a claim decided at
+    the initial seeds stops its arms, an open one between two non-baseline arms grows those two to
+    `max`; a target-changing claim compares nothing and needs no --allow-mixed-data in the report,
+    whose claims table carries the sequential verdicts."""
+    from segsweep.reports.ablation import write_report
+    from segsweep.sweeps import run_sweep
+    from test_claims import claims_table
+
+    arms = [{}, {"optim.lr": 0.002}, {"optim.lr": 0.004}, {"optim.lr": 0.001}, {"data.mask": "boundary"}]
+    claims = [
+        {"id": "large", "quote": "lr 2e-3 is better", "arm": {"optim.lr": 0.002}, "against": {}},
+        {"id": "noisy", "quote": "lr 4e-3 beats 1e-3", "arm": {"optim.lr": 0.004}, "against": {"optim.lr": 0.001}},
+        {"id": "edges", "quote": "edges", "arm": {"data.mask": "boundary"}, "against": {}, "target_changes": True},
+    ]
+    path = write_adaptive(tmp_path / "claimed.yaml", parameters={}, arms=arms, claims=claims)
+    outcome = run_sweep(path, results=tmp_path / "r", fit_fn=planted_fit, echo=lambda line: None)
+    assert outcome.exit_code == 0 and outcome.pending == 0
+    record = json.loads((outcome.sweep_dir / "sequential.json").read_text())
+    verdicts = {c["comparison"]: c for c in record["comparisons"]}
+    assert list(verdicts) == ["claim large: optim.lr=0.002 vs baseline", "claim noisy: optim.lr=0.004 vs optim.lr=0.001"]
+    assert record["comparisons_in_family"] == 2 and record["alpha_per_comparison"] == pytest.approx(0.025)
+    large, noisy = verdicts.values()
+    assert large["verdict"] == "better" and large["looks"] == [3]
+    assert noisy["verdict"] == "inconclusive" and noisy["looks"] == [3, 6, 9]
+    assert record["seeds"] == {"baseline": [0, 1, 2], "optim.lr=0.002": [0, 1, 2], "optim.lr=0.004": list(range(9)),
+                               "optim.lr=0.001": list(range(9)), "data.mask=boundary": [0, 1, 2]}
+
+    text = write_report([outcome.sweep_dir]).read_text()  # default options: the declared target change is allowed
+    assert "--allow-mixed-data" not in text and "the verdicts are the sequential design's" in text
+    rows = claims_table(text)
+    assert rows["large"][7] == "better" and rows["large"][6] == "3"
+    assert rows["noisy"][7] == "inconclusive" and rows["noisy"][6] == "9"
+    assert rows["noisy"][9] == (f"{noisy['seeds_to_detect']} to detect ±0.005; "
+                                f"{noisy['seeds_for_equivalence']} to show equivalence")
+    assert "data.mask: not compared, the target changes" in text

@@ -12,11 +12,12 @@ import yaml
 
 from segsweep.errors import SpecError
 from segsweep.reports.ablation import ReportOptions, write_report
+from segsweep.reports.records import ReportError
 from segsweep.sweeps.spec import load_sweep
 from test_reports import write_run
 
 REPO = Path(__file__).resolve().parents[1]
-MIXED = ReportOptions(allow_mixed_data=True)  # the edges arm scores another target, on purpose
+MIXED = ReportOptions(allow_mixed_data=True)  # the edges arm scores another target: without its claim, needed
 SEEDS = (0, 1, 2, 3)
 ARMS = [{}, {"model.batchnorm": False}, {"model.dropout": 0.0}, {"optim.lr": 0.001}, {"data.mask": "boundary"}]
 CLAIMS = [
@@ -52,8 +53,8 @@ def claims_table(text: str) -> dict[str, list[str]]:
 
 
 def test_claims_table_opens_the_report_with_one_row_per_claim(tmp_path: Path) -> None:
-    text = write_report([planted_claims(tmp_path / "sweep")], tmp_path / "out", options=MIXED).read_text()
-    assert text.index("## Claims") < text.index("## Arms")
+    text = write_report([planted_claims(tmp_path / "sweep")], tmp_path / "out").read_text()  # edges is declared
+    assert text.index("## Claims") < text.index("## Arms") and "--allow-mixed-data" not in text
     rows = claims_table(text)
     assert list(rows) == ["bn", "drop", "lr", "lr_vs_bn", "edges"]
     bn = rows["bn"]
@@ -79,7 +80,7 @@ def test_seeds_needed_is_the_power_function_of_the_open_comparison(tmp_path: Pat
     rows = claim_rows(study, read_claims(yaml.safe_load((root / "sweep.yaml").read_text())), 0.005, 0.05, 200, 0)
     lr = next(r for r in rows if r.claim.id == "lr")
     want = seeds_needed(lr.contrast.seed_values, 0.005, 0.005, 0.05, 4)  # 4 claims compared
-    text = write_report([root], tmp_path / "out", options=MIXED).read_text()
+    text = write_report([root], tmp_path / "out").read_text()
     assert claims_table(text)["lr"][9].startswith(f"{want.to_detect} to detect")
 
 
@@ -88,7 +89,11 @@ def test_no_claims_no_section(tmp_path: Path) -> None:
     sweep = yaml.safe_load((root / "sweep.yaml").read_text())
     del sweep["claims"]
     (root / "sweep.yaml").write_text(yaml.safe_dump(sweep))
-    assert "## Claims" not in write_report([root], tmp_path / "out", options=MIXED).read_text()
+    with pytest.raises(ReportError, match="data.mask is 'pet_and_boundary' in .* but 'boundary' in"):
+        write_report([root], tmp_path / "out")  # no claim declares the target change: refused
+    assert not (tmp_path / "out").exists()
+    text = write_report([root], tmp_path / "out", options=MIXED).read_text()
+    assert "## Claims" not in text and "data.mask: boundary vs" in text  # compared, under the warning
 
 
 @pytest.mark.parametrize("claim, says", [

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -17,7 +17,7 @@ import numpy as np
 
 from ..format import fmt_ci, fmt_delta, fmt_float, fmt_interval, fmt_mean_sd, fmt_p, format_level
 from ..record import atomic_write_text
-from .claims import claims_lines
+from .claims import claims_lines, read_claims, target_keys
 from .design import MAX_CURVE_LEVELS, Study, group_arms, parse_baseline
 from .figures import default_style, plot_curves, plot_optuna, plot_test_dice
 from .honesty import double_sigmoid, honesty_lines
@@ -296,17 +296,21 @@ def write_report(
         raise ReportError(f"--detect: expected a positive Dice difference, got {options.detect!r}")
     base = dict(baseline) if isinstance(baseline, Mapping) else parse_baseline(baseline)
     runs = load_runs(paths)
-    mixed = check_same_data(runs, options.allow_mixed_data)  # refused unless allowed; then a warning
     sweep = read_sweep_spec(first) if first.is_dir() else {}
+    declared = target_keys(read_claims(sweep))  # another target on purpose: no Dice compared across it
+    mixed = check_same_data(runs, options.allow_mixed_data, declared)  # refused unless allowed; then a warning
     if first.is_dir() and (first / "sequential.json").is_file():  # adaptive seeds: the driver's looks
         sweep = {**sweep, "sequential": json.loads((first / "sequential.json").read_text())}
     study = group_arms(runs, base, base_experiment(sweep))
-    effects, skipped = compute_effects(study, options.margin, options.alpha, options.resamples, options.seed)
-    tables = compute_interactions(study, options.margin, options.resamples, options.seed)
+    compared = replace(study, factors=tuple(f for f in study.factors if f.key not in declared))
+    effects, skipped = compute_effects(compared, options.margin, options.alpha, options.resamples, options.seed)
+    skipped += [f"{f.key}: not compared, the target changes (a claim says so), so its levels' Dice measure "
+                "different tasks" for f in study.factors if f.key in declared]
+    tables = compute_interactions(compared, options.margin, options.resamples, options.seed)
     summaries = [summarize_arm(a) for a in study.arms]
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    figures = _draw_figures(study, summaries, out_dir)
+    figures = _draw_figures(compared, summaries, out_dir)
     method = sweep.get("method")
     if method and method != "grid" and first.is_dir():
         optuna_study, note = load_optuna_study(first, sweep)

@@ -15,7 +15,7 @@ from ..sweeps.claims import ClaimSpec
 from .design import Arm, Study, same_level
 from .inference import Contrast, Evidence, contrast, image_evidence, seed_evidence, verdict
 from .markdown import table
-from .power import seeds_needed
+from .power import count_text, seeds_needed
 from .records import ReportError
 
 OPPOSITE = {"better": "worse", "worse": "better"}
@@ -30,6 +30,7 @@ class ClaimRow:
     by_seed: Evidence | None = None
     by_image: Evidence | None = None
     verdict: str = ""
+    needed: str | None = None  # the seeds-needed cell, when the sequential record gives it
 
 
 def read_claims(sweep: Mapping[str, Any]) -> list[ClaimSpec]:
@@ -41,6 +42,11 @@ def read_claims(sweep: Mapping[str, Any]) -> list[ClaimSpec]:
         error = exc.errors()[0]
         where = ".".join(str(p) for p in error["loc"])
         raise ReportError(f"sweep.yaml: claims: {where}: {error['msg']}") from None
+
+
+def target_keys(claims: Sequence[ClaimSpec]) -> set[str]:
+    """The keys that claims marked `target_changes` vary: Dice is not compared across them."""
+    return {k for c in claims if c.target_changes for k in (*c.arm, *c.against)}
 
 
 def find_arm(study: Study, overrides: Mapping[str, Any]) -> Arm | None:
@@ -74,6 +80,18 @@ def claim_rows(study: Study, claims: Sequence[ClaimSpec], margin: float, alpha: 
             for i, p in zip(owners, adjusted):
                 rows[i] = replace(rows[i], **{unit: replace(getattr(rows[i], unit), **{set_: p})})
     return [replace(r, verdict=verdict(r.by_seed, r.by_image, alpha, margin)) if r.by_seed else r for r in rows]
+
+
+def _sequential(row: ClaimRow, record: Mapping[str, Any]) -> ClaimRow:
+    """The row with the adaptive driver's verdict for its claim (sequential.json), when it has one."""
+    found = next((c for c in record.get("comparisons", [])
+                  if str(c.get("comparison", "")).startswith(f"claim {row.claim.id}: ")), None)
+    if found is None or row.by_seed is None:
+        return row
+    needed = "—" if found["verdict"] != "inconclusive" else (
+        f"{count_text(found.get('seeds_to_detect'))} to detect ±{record.get('margin'):g}; "
+        f"{count_text(found.get('seeds_for_equivalence'))} to show equivalence")
+    return replace(row, verdict=found["verdict"], needed=needed)
 
 
 def _for_the_claim(row: ClaimRow) -> str:
@@ -121,13 +139,23 @@ def claims_lines(study: Study, sweep: Mapping[str, Any], margin: float, alpha: f
     if not claims:
         return []
     rows = claim_rows(study, claims, margin, alpha, resamples, seed)
+    record = sweep.get("sequential") if isinstance(sweep.get("sequential"), Mapping) else None
+    if record is not None:  # adaptive seeds: the design's verdicts, not the fixed-sample ones
+        rows = [_sequential(r, record) for r in rows]
     compared = sum(r.by_seed is not None for r in rows)
+    how = (f"Verdicts as in the effects table below, with Holm over the {compared} claim(s) compared here (so a "
+           f"verdict can differ from that table's for the same pair). *Seeds needed* (power 0.8 at α/{compared}, "
+           "from the per-seed differences so far) is given where the verdict is still open.")
+    if record is not None:
+        how = (f"Seeds were added in rounds until each claim was settled: the verdicts are the sequential design's "
+               f"(seed level, α = {record.get('alpha'):g} over the {record.get('comparisons_in_family')} claims "
+               "compared, see *Sequential design* below), whose error rates hold over the repeated looks; the CIs "
+               "are fixed-sample and show the size of each effect. *Seeds needed* (power 0.8, from the per-seed "
+               f"differences) to detect a ±{record.get('margin'):g} difference / to show equivalence is given where "
+               "the verdict is still open.")
     lines = ["## Claims", "",
              "Each claim of the study, in its own words, settled by the two arms named: Δ is the first arm's test "
-             "Dice minus the second's, paired by seed (t CI) and by test image (bootstrap CI). Verdicts as in the "
-             f"effects table below, with Holm over the {compared} claim(s) compared here (so a verdict can differ "
-             f"from that table's for the same pair). *Seeds needed* (power 0.8 at α/{compared}, from the per-seed "
-             "differences so far) is given where the verdict is still open.", ""]
+             f"Dice minus the second's, paired by seed (t CI) and by test image (bootstrap CI). {how}", ""]
     body = []
     for r in rows:
         arms = (f"{r.arm.id} vs {r.against.id}" if r.arm is not None and r.against is not None else "—")
@@ -138,7 +166,7 @@ def claims_lines(study: Study, sweep: Mapping[str, Any], margin: float, alpha: f
         body.append((
             r.claim.id, f"“{r.claim.quote}”", arms, fmt_delta(r.by_seed.mean), fmt_ci(r.by_seed.ci),
             fmt_ci(img.ci) if img else "—", str(r.by_seed.n), r.verdict, _for_the_claim(r),
-            _seeds_cell(r, detect or margin, margin, alpha, compared),
+            r.needed if r.needed is not None else _seeds_cell(r, detect or margin, margin, alpha, compared),
         ))
     lines += table(["claim", "in the study's words", "arms", "Δ test Dice", "95% CI (t, seeds)",
                     "95% CI (bootstrap, images)", "seeds", "verdict", "for the claim", "seeds needed"], body)

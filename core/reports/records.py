@@ -11,7 +11,7 @@ import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 import yaml
 
@@ -261,16 +261,19 @@ def data_identity(run: RunRecord) -> dict[str, Any]:
     return out
 
 
-def check_same_data(runs: Sequence[RunRecord], allow_mixed: bool = False) -> str | None:
+def check_same_data(runs: Sequence[RunRecord], allow_mixed: bool = False,
+                    declared: Collection[str] = ()) -> str | None:
     """None when every run was scored on the same data and splits; else a `ReportError` naming
-    the first difference, or with `allow_mixed` that sentence, for the report to carry."""
+    the first difference, or with `allow_mixed` that sentence, for the report to carry. Keys in
+    `declared` (a sweep's claims marked `target_changes`) may differ: the report compares no Dice
+    across them."""
     if not runs:
         return None
     first, reference = runs[0], data_identity(runs[0])
     for run in runs[1:]:
         other = data_identity(run)
         # A key only one record has is a field added since: its default, not a difference.
-        key = next((k for k in sorted(set(reference) & set(other)) if reference[k] != other[k]), None)
+        key = next((k for k in sorted(set(reference) & set(other) - set(declared)) if reference[k] != other[k]), None)
         if key is None:
             continue
         note = (f"runs were scored on different data: {key} is {reference.get(key)!r} in {first.run_dir} "

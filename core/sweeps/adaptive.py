@@ -80,11 +80,14 @@ class Comparison:
     level: Any
     baseline: Any
     pairs: tuple[tuple[str, str], ...]  # (treated cell label, control cell label)
+    claim: str | None = None  # the id of the sweep's claim this comparison settles
 
     @property
     def label(self) -> str:
         from ..format import format_level
 
+        if self.claim is not None:
+            return claim_label(self.claim, *self.pairs[0])
         return f"{self.factor}: {format_level(self.level)} vs {format_level(self.baseline)}"
 
     @property
@@ -92,13 +95,27 @@ class Comparison:
         return {label for pair in self.pairs for label in pair}
 
 
+def claim_label(claim_id: str, arm: str, against: str) -> str:
+    """How a claim's comparison is named in sequential.json (the report finds it by this)."""
+    return f"claim {claim_id}: {arm} vs {against}"
+
+
 def comparisons(sweep: Sweep) -> list[Comparison]:
-    """Every non-baseline level of every varied key against that factor's baseline, chosen by the
-    ablation report's own rule (`reports.design.cell_factors`, what `group_arms` does without
-    --baseline): the base experiment's value where it is one of the levels, else the level most
-    cells have (ties: the first in sorted order)."""
+    """What the rounds settle. A sweep that declares `claims:` settles exactly those (each claim's
+    `arm` against its `against`; a claim whose target changes compares nothing). Otherwise every
+    non-baseline level of every varied key against that factor's baseline, chosen by the ablation
+    report's own rule (`reports.design.cell_factors`, what `group_arms` does without --baseline):
+    the base experiment's value where it is one of the levels, else the level most cells have
+    (ties: the first in sorted order)."""
     from ..reports.design import cell_factors, same_level
     from .cells import base_values
+
+    if sweep.spec.claims:
+        from .claims import canonical
+
+        label_of = {canonical(c.overrides): c.label for c in sweep.cells}
+        return [Comparison("claim", None, None, ((label_of[canonical(c.arm)], label_of[canonical(c.against)]),), c.id)
+                for c in sweep.spec.claims if not c.target_changes]
 
     base = base_values(sweep)
     keys = sorted({k for c in sweep.cells for k in c.overrides})

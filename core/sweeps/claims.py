@@ -27,7 +27,8 @@ class ClaimSpec(BaseModel):
     note: str | None = None  # what the comparison does and does not reproduce
 
 
-def _canonical(overrides: Mapping[str, Any]) -> str:
+def canonical(overrides: Mapping[str, Any]) -> str:
+    """An arm's overrides as one comparable string (how claims name arms)."""
     return json.dumps(dict(overrides), sort_keys=True)
 
 
@@ -37,7 +38,7 @@ def check_claims(claims: Sequence[ClaimSpec] | None, arms: Sequence[Mapping[str,
         return None
     if arms is None:
         return "claims", "claims compare arms: give `arms:` (method grid)"
-    known = {_canonical(a) for a in arms}
+    known = {canonical(a) for a in arms}
     seen: set[str] = set()
     for i, claim in enumerate(claims):
         if claim.id in seen:
@@ -45,8 +46,8 @@ def check_claims(claims: Sequence[ClaimSpec] | None, arms: Sequence[Mapping[str,
         seen.add(claim.id)
         for side in ("arm", "against"):
             overrides = getattr(claim, side)
-            if _canonical(overrides) not in known:
+            if canonical(overrides) not in known:
                 return f"claims[{i}].{side}", f"{dict(overrides)} is not one of the sweep's arms"
-        if _canonical(claim.arm) == _canonical(claim.against):
+        if canonical(claim.arm) == canonical(claim.against):
             return f"claims[{i}].against", "a claim compares two different arms"
     return None
