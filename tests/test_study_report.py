@@ -102,3 +102,30 @@ def test_report_cli_study_mode(tmp_path: Path, cli) -> None:
     assert result.code == 0 and (tmp_path / "r" / "report.md").is_file()
     result = cli("report.py", str(sweep_dir), "--target", "0.8")
     assert result.code == 2 and "--final and --target go with --study" in result.err
+
+
+def test_study_report_marks_double_sigmoid_runs_and_trials(tmp_path: Path) -> None:
+    """Final runs trained with `loss.double_sigmoid_bce` are marked in their row and named in a
+    line under the table; a search space varying it says so; a plain study says neither."""
+    sweep_dir = make_study(tmp_path, [0.6, 0.7, 0.8])
+    finals = tmp_path / "finals"
+    for seed in (0, 1):
+        write_run(finals, {"model.name": "unet"}, seed, None, test_dice=0.8)
+        write_run(finals, {"model.name": "resnet34_unet", "model.head": "sigmoid", "loss.bce": 0.0,
+                                  "loss.double_sigmoid_bce": 1.0},
+                  seed, None, test_dice=0.7)
+    report = write_study_report(sweep_dir, [finals], tmp_path / "out").read_text()
+    rows = [r for r in report.split("## Study")[0].splitlines() if r.startswith("| experiment")]
+    assert len(rows) == 2
+    assert sum("resnet34_unet" in r and "(double sigmoid)" in r for r in rows) == 1
+    assert "- **Double sigmoid:** 2 runs trained with `loss.double_sigmoid_bce`" in report
+    assert "the search space varies" not in report
+
+    sweep = yaml.safe_load((sweep_dir / "sweep.yaml").read_text())
+    sweep["parameters"]["loss.double_sigmoid_bce"] = {"values": [0.0, 1.0]}
+    (sweep_dir / "sweep.yaml").write_text(yaml.safe_dump(sweep))
+    report = write_study_report(sweep_dir, [], tmp_path / "out2").read_text()
+    assert "- **Double sigmoid:** the search space varies `loss.double_sigmoid_bce`" in report
+
+    plain = make_study(tmp_path / "plain", [0.6, 0.7, 0.8])
+    assert "Double sigmoid" not in write_study_report(plain, [], tmp_path / "out3").read_text()

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..format import fmt_float, fmt_interval, fmt_value
 from ..record import atomic_write_text
+from .honesty import double_sigmoid, double_sigmoid_lines
 from .figures import default_style, plot_final_curves, plot_history, plot_optuna
 from .inference import importance_evaluator
 from .markdown import relative_path, table
@@ -100,7 +101,7 @@ def _final_lines(groups: Mapping[str, Sequence[RunRecord]], figures: Mapping[str
         return lines + ["No final runs were given (`--final RUN_DIR ...`).", ""]
     rows, verdicts = [], []
     for model, runs in groups.items():
-        rows.append(_final_row(model, runs))
+        rows.append(_final_row(model + (" (double sigmoid)" if any(map(double_sigmoid, runs)) else ""), runs))
         tests = [r.test_dice for r in runs if math.isfinite(r.test_dice)]
         if target is not None and tests:
             mean = mean_sd(tests)[0]
@@ -110,6 +111,8 @@ def _final_lines(groups: Mapping[str, Sequence[RunRecord]], figures: Mapping[str
     lines += table(["recipe (model)", "seeds", "test/dice mean ± sd", "95% CI (t, seeds)", "test/dice per seed",
                     "val/dice per seed", "epochs", "max wall s", "train.time_budget_s"], rows)
     lines += verdicts + ([""] if verdicts else [])
+    marked = double_sigmoid_lines([r for runs in groups.values() for r in runs])
+    lines += marked + ([""] if marked else [])
     lines += ["Test Dice is the mean per-image Dice at threshold 0.5 of the best-on-val checkpoint. "
               "Wall s is summary.json's `wall_s`: from the start of training (data, model, epochs, "
               "validation, the test pass) to the records; the process start-up comes on top."]
@@ -166,6 +169,19 @@ def _importance_lines(study: Any) -> list[str]:
             "with the choices table.", ""] + table(["parameter", "importance"], [[k, f"{v:.3f}"] for k, v in importances])
 
 
+def _double_sigmoid_trials(sweep: Mapping[str, Any], params: Mapping[str, Any]) -> list[str]:
+    """A marked line when the study's trials trained with the double sigmoid (base experiment or search space)."""
+    base = ((sweep.get("experiment_spec") or {}).get("loss") or {}).get("double_sigmoid_bce") or 0
+    if "loss.double_sigmoid_bce" in params:
+        where = "the search space varies `loss.double_sigmoid_bce`: trials with a weight above 0 trained"
+    elif isinstance(base, int | float) and base > 0:
+        where = f"every trial trained (the base experiment sets `loss.double_sigmoid_bce: {base:g}`)"
+    else:
+        return []
+    return [f"- **Double sigmoid:** {where} with BCE-with-logits applied to the sigmoid head's output (a second "
+            "sigmoid), the study's loss reproduced on purpose, not a correct sigmoid head.", ""]
+
+
 def render(sweep: Mapping[str, Any], study: Any, study_note: str, groups: Mapping[str, Sequence[RunRecord]],
            figures: Mapping[str, str], notes: Sequence[str], target: float | None, sources: Sequence[str]) -> str:
     name = sweep.get("name", "study")
@@ -178,6 +194,7 @@ def render(sweep: Mapping[str, Any], study: Any, study_note: str, groups: Mappin
         return "\n".join(lines + [""] + [f"- {n}" for n in notes] + [""])
     lines += _study_header(sweep, study, metric, params)
     lines += table(["key", "kind", "range or choices"], _space_rows(params))
+    lines += _double_sigmoid_trials(sweep, params)
     lines += _trial_lines(study, metric, params)
     lines += _importance_lines(study)
     for key in ("importances", "history", "parallel"):
