@@ -117,3 +117,13 @@ def test_the_committed_claims_sweep_loads_and_its_claims_name_its_arms() -> None
     assert sweep.base.train.time_budget_s is None and sweep.base.model.head == "sigmoid"
     double = next(c for c in sweep.cells if "loss.double_sigmoid_bce" in c.overrides)
     assert sweep.trial_spec(double.overrides, 0, "t", double.label).loss.bce == 0.0
+
+
+def test_the_report_says_when_the_runs_ran_and_how_many_at_once(tmp_path: Path) -> None:
+    """Wall time from the run folders' start stamps + wall_s: the span, the run-minutes, their ratio."""
+    root = tmp_path / "sweep"
+    for seed, stamp in ((0, "20250101-100000"), (1, "20250101-100005"), (2, "20250101-101000")):
+        write_run(root, {}, seed, np.full(10, 0.8), stamp=stamp)  # wall_s 10 + seed
+    text = write_report([root], tmp_path / "out").read_text()
+    assert ("- **Wall time:** the 3 runs ran from 2025-01-01 10:00 to 10:10: 10 min of wall time, "
+            "1 run-minutes in all (0.1 runs at a time on average)") in text

@@ -4,6 +4,7 @@ and failed runs, runs trained with the study's double sigmoid, provenance)."""
 from __future__ import annotations
 
 import math
+from datetime import datetime, timedelta
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -25,6 +26,7 @@ def honesty_lines(study: Study, summaries: Sequence[ArmSummary], sweep: Mapping[
     lines.append(_dice_line(counted))
     lines.append(_outcome_line(study))
     lines += double_sigmoid_lines(study.runs, {id(r): a.id for a in study.arms for r in a.runs})
+    lines += _wall_lines(study.runs)
     provenance = _provenance(counted)
     if provenance:
         lines.append(f"- **Provenance:** {'; '.join(provenance)}.")
@@ -168,6 +170,31 @@ def _outcome_line(study: Study) -> str:
            "the latest folder is used."
            if study.duplicates else "")
     )
+
+
+def _wall_lines(runs: Sequence[RunRecord]) -> list[str]:
+    """When the runs took place: from the first run folder's start stamp to the last run's end
+    (stamp + `wall_s`), and how many ran at once; nothing when a folder has no stamp."""
+    spans = []
+    for run in runs:
+        try:
+            start = datetime.strptime(run.run_dir.name[:15], "%Y%m%d-%H%M%S")
+        except ValueError:
+            return []
+        wall = run.number("wall_s")
+        if not math.isfinite(wall):
+            return []
+        spans.append((start, start + timedelta(seconds=wall)))
+    if not spans:
+        return []
+    first, last = min(a for a, _ in spans), max(b for _, b in spans)
+    minutes = (last - first).total_seconds() / 60
+    busy = sum((b - a).total_seconds() for a, b in spans) / 60
+    at_once = f" ({busy / minutes:.1f} runs at a time on average)" if minutes > 0 else ""
+    return [f"- **Wall time:** the {len(spans)} runs ran from {first:%Y-%m-%d %H:%M} to {last:%H:%M}"
+            f"{'' if first.date() == last.date() else f' on {last:%Y-%m-%d}'}: {minutes:.0f} min of wall time, "
+            f"{busy:.0f} run-minutes in all{at_once} (each run's `wall_s` from its folder's start stamp; process "
+            "start-ups between runs are inside the span)."]
 
 
 def _provenance(counted: Sequence[RunRecord]) -> list[str]:
