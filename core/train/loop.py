@@ -177,9 +177,12 @@ def test_best(state: TrainState, callbacks: Callback, stop: StopController, stat
     best_path = state.run_dir / "checkpoints" / "best.pt"
     if not main_value(state.spec.train.final_test and status in TESTED_STATUSES and best_path.exists()):
         return status
-    if state.is_main:
-        load_model_state(unwrap(state.model), load_checkpoint(best_path)["model"], best_path)
-    broadcast_module(unwrap(state.model))
+    # The weights in memory are best.pt's when the best epoch is the last one saved and no step
+    # ran after it (a divergence stops part-way into an epoch): no reload then.
+    if not (status != "diverged" and state.best["epoch"] == state.epoch and state.epoch > 0):
+        if state.is_main:
+            load_model_state(unwrap(state.model), load_checkpoint(best_path)["model"], best_path)
+        broadcast_module(unwrap(state.model))
     test = _evaluate(state, callbacks, stop, "test", "test")
     if stop.agreed()[0]:  # resuming will test again
         return "interrupted"
@@ -270,7 +273,7 @@ def train_one_epoch(
     return float(total) / max(1, images), images, step
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate(
     model: nn.Module, loader: Any, loss_fn: nn.Module, *, head: str, device: torch.device,
     precision: str, channels_last: bool, ids: list[str], desc: str = "eval",
