@@ -84,8 +84,7 @@ def claim_rows(study: Study, claims: Sequence[ClaimSpec], margin: float, alpha: 
 
 def _sequential(row: ClaimRow, record: Mapping[str, Any]) -> ClaimRow:
     """The row with the adaptive driver's verdict for its claim (sequential.json), when it has one."""
-    found = next((c for c in record.get("comparisons", [])
-                  if str(c.get("comparison", "")).startswith(f"claim {row.claim.id}: ")), None)
+    found = next((c for c in record.get("comparisons", []) if c.get("claim") == row.claim.id), None)
     if found is None or row.by_seed is None:
         return row
     needed = "—" if found["verdict"] != "inconclusive" else (
@@ -143,10 +142,11 @@ def claims_lines(study: Study, sweep: Mapping[str, Any], margin: float, alpha: f
     if record is not None:  # adaptive seeds: the design's verdicts, not the fixed-sample ones
         rows = [_sequential(r, record) for r in rows]
     compared = sum(r.by_seed is not None for r in rows)
-    how = (f"Verdicts as in the effects table below, with Holm over the {compared} claim(s) compared here (so a "
-           f"verdict can differ from that table's for the same pair). *Seeds needed* (power 0.8 at α/{compared}, "
-           "from the per-seed differences so far) is given where the verdict is still open.")
-    if record is not None:
+    if record is None:
+        how = (f"Verdicts as in the effects table below, with Holm over the {compared} claim(s) compared here (so "
+               f"a verdict can differ from that table's for the same pair). *Seeds needed* (power 0.8 at "
+               f"α/{compared}, from the per-seed differences so far) is given where the verdict is still open.")
+    else:
         how = (f"Seeds were added in rounds until each claim was settled: the verdicts are the sequential design's "
                f"(seed level, α = {record.get('alpha'):g} over the {record.get('comparisons_in_family')} claims "
                "compared, see *Sequential design* below), whose error rates hold over the repeated looks; the CIs "

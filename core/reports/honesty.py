@@ -135,6 +135,9 @@ def empty_truth_sentence(runs: Sequence[RunRecord]) -> str:
             "towards whether the model predicts nothing there.")
 
 
+DOUBLE_SIGMOID = "BCE-with-logits applied to the sigmoid head's output (a second sigmoid)"  # what the switch trains
+
+
 def double_sigmoid(run: RunRecord) -> bool:
     """Whether a run trained with `loss.double_sigmoid_bce` (BCE-with-logits on sigmoid outputs)."""
     weight = run.config.get("loss.double_sigmoid_bce", 0)
@@ -150,7 +153,7 @@ def double_sigmoid_lines(runs: Sequence[RunRecord], arm_of: Mapping[int, str] | 
     where = f"arm(s) {', '.join(arms)}, " if arms else ""
     return [
         f"- **Double sigmoid:** {where}{len(marked)} run{'s' if len(marked) > 1 else ''} trained with "
-        "`loss.double_sigmoid_bce`: BCE-with-logits applied to the sigmoid head's output (a second sigmoid), "
+        f"`loss.double_sigmoid_bce`: {DOUBLE_SIGMOID}, "
         "reproducing the study's loss on purpose; its BCE term is not the usual BCE, so those arms measure the "
         "study's training, not a correct sigmoid head."
     ]
@@ -174,7 +177,7 @@ def _outcome_line(study: Study) -> str:
 
 def _wall_lines(runs: Sequence[RunRecord]) -> list[str]:
     """When the runs took place: from the first run folder's start stamp to the last run's end
-    (stamp + `wall_s`), and how many ran at once; nothing when a folder has no stamp."""
+    (stamp + `wall_s`), and the run-minutes in that span; nothing when a folder has no stamp."""
     spans = []
     for run in runs:
         try:

@@ -270,10 +270,11 @@ def check_same_data(runs: Sequence[RunRecord], allow_mixed: bool = False,
     if not runs:
         return None
     first, reference = runs[0], data_identity(runs[0])
+    compared = set(reference) - set(declared)
     for run in runs[1:]:
         other = data_identity(run)
         # A key only one record has is a field added since: its default, not a difference.
-        key = next((k for k in sorted(set(reference) & set(other) - set(declared)) if reference[k] != other[k]), None)
+        key = next((k for k in sorted(compared & set(other)) if reference[k] != other[k]), None)
         if key is None:
             continue
         note = (f"runs were scored on different data: {key} is {reference.get(key)!r} in {first.run_dir} "

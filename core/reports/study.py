@@ -17,7 +17,7 @@ import numpy as np
 
 from ..format import fmt_float, fmt_interval, fmt_value
 from ..record import atomic_write_text
-from .honesty import double_sigmoid, double_sigmoid_lines
+from .honesty import DOUBLE_SIGMOID, double_sigmoid, double_sigmoid_lines
 from .figures import default_style, plot_final_curves, plot_history, plot_optuna
 from .inference import importance_evaluator
 from .markdown import relative_path, table
@@ -178,8 +178,8 @@ def _double_sigmoid_trials(sweep: Mapping[str, Any], params: Mapping[str, Any]) 
         where = f"every trial trained (the base experiment sets `loss.double_sigmoid_bce: {base:g}`)"
     else:
         return []
-    return [f"- **Double sigmoid:** {where} with BCE-with-logits applied to the sigmoid head's output (a second "
-            "sigmoid), the study's loss reproduced on purpose, not a correct sigmoid head.", ""]
+    return [f"- **Double sigmoid:** {where} with {DOUBLE_SIGMOID}, the study's loss reproduced on purpose, not a "
+            "correct sigmoid head.", ""]
 
 
 def render(sweep: Mapping[str, Any], study: Any, study_note: str, groups: Mapping[str, Sequence[RunRecord]],

@@ -86,18 +86,13 @@ class Comparison:
     def label(self) -> str:
         from ..format import format_level
 
-        if self.claim is not None:
-            return claim_label(self.claim, *self.pairs[0])
+        if self.claim is not None:  # sequential.json also records the id itself (`claim`)
+            return f"claim {self.claim}: {self.pairs[0][0]} vs {self.pairs[0][1]}"
         return f"{self.factor}: {format_level(self.level)} vs {format_level(self.baseline)}"
 
     @property
     def cells(self) -> set[str]:
         return {label for pair in self.pairs for label in pair}
-
-
-def claim_label(claim_id: str, arm: str, against: str) -> str:
-    """How a claim's comparison is named in sequential.json (the report finds it by this)."""
-    return f"claim {claim_id}: {arm} vs {against}"
 
 
 def comparisons(sweep: Sweep) -> list[Comparison]:
@@ -283,13 +278,15 @@ def _record_plan(sweep: Sweep, plan: Plan, sweep_dir: Path) -> list[str]:
     from ..reports.sequential import DESIGN
 
     schedule: SeedSchedule = sweep.spec.seeds  # type: ignore[assignment]
-    m = max(1, len(comparisons(sweep)))
+    comps = comparisons(sweep)
+    m = max(1, len(comps))
+    claim_of = {c.label: c.claim for c in comps}
     lines = [f"adaptive seeds: {plan.rounds} round(s); stopped: {plan.stopped_by}"]
     rows = []
     for label, look in plan.verdicts.items():
         needed = plan.needed.get(label)
         verdict = "inconclusive" if look.verdict == "continue" else look.verdict  # open when the rounds stopped
-        row = {"comparison": label, "verdict": verdict, "before_max": look.verdict == "continue", "look": look.look,
+        row = {"comparison": label, "claim": claim_of.get(label), "verdict": verdict, "before_max": look.verdict == "continue", "look": look.look,
                "seeds": look.n, "looks": plan.looks.get(label, []), "t": _finite(look.t),
                "boundary": _finite(look.bound),
                "boundary_tost": _finite(look.bound_tost),
