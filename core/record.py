@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import hashlib
 import io
 import json
 import math
@@ -211,9 +212,12 @@ def read_json(path: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- provenance
 
 
+_REPO = Path(__file__).resolve().parents[1]
+
+
 def git_sha() -> str:
     """The commit of the code that ran ('unknown' outside a checkout), '+dirty' if modified."""
-    repo = Path(__file__).resolve().parents[1]
+    repo = _REPO
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=5, check=True
@@ -224,6 +228,20 @@ def git_sha() -> str:
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def code_state() -> str:
+    """`git_sha()`, and for a modified tree also a digest of its uncommitted changes to tracked
+    files: it differs whenever the code a new process would import differs (a commit, an edit)."""
+    sha = git_sha()
+    if not sha.endswith("+dirty"):
+        return sha
+    try:
+        diff = subprocess.run(["git", "diff", "HEAD", "--no-ext-diff", "--binary"], cwd=_REPO,
+                              capture_output=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return sha
+    return f"{sha} (changes {hashlib.sha256(diff).hexdigest()[:12]})"
 
 
 VERSIONED = ("torch", "torchvision", "albumentations", "numpy")  # what summary.json records

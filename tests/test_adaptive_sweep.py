@@ -298,3 +298,55 @@ def test_a_sweep_with_claims_adds_seeds_for_its_open_claims_only(tmp_path: Path,
     assert rows["noisy"][9] == (f"{noisy['seeds_to_detect']} to detect ±0.005; "
                                 f"{noisy['seeds_for_equivalence']} to show equivalence")
     assert "data.mask: not compared, the target changes" in text
+
+
+def test_a_code_change_between_rounds_stops_before_the_next_round(tmp_path: Path, clean_env: None,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each round's workers import the code anew, so an edit made while round 1 runs would give
+    round 2 other code: the driver stops before queuing it, says why, and a rerun goes on."""
+    import segsweep.record
+    from segsweep.sweeps import run_sweep
+
+    states = iter(["abc123", "abc123+dirty (changes 0123456789ab)"])
+    monkeypatch.setattr(segsweep.record, "code_state", lambda: next(states))
+    path = write_adaptive(tmp_path / "edited.yaml")
+    lines: list[str] = []
+    outcome = run_sweep(path, results=tmp_path / "r", fit_fn=planted_fit, echo=lines.append)
+    record = json.loads((outcome.sweep_dir / "sequential.json").read_text())
+    assert outcome.exit_code == 1 and record["rounds"] == 1
+    assert record["stopped_by"].startswith("the code changed after round 1 (abc123 -> abc123+dirty")
+    assert sum(completed(outcome.sweep_dir, "edited").values()) == 12
+    assert any("not done" in line and "rerun the same command" in line for line in lines)
+    assert not any("warning: the code is" in line for line in lines)  # it started clean
+
+    monkeypatch.setattr(segsweep.record, "code_state", lambda: "abc123+dirty (changes 0123456789ab)")
+    lines.clear()
+    again = run_sweep(path, results=tmp_path / "r", fit_fn=planted_fit, echo=lines.append)
+    assert again.exit_code == 0 and json.loads((again.sweep_dir / "sequential.json").read_text())["rounds"] > 1
+    assert any("warning: the code is abc123+dirty" in line and "clean checkout" in line for line in lines)
+
+
+def test_code_state_changes_with_every_edit_of_a_tracked_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    import segsweep.record
+    from segsweep.record import code_state
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "train.py").write_text("lr = 1e-3\n")
+    git("add", "train.py")
+    git("commit", "-q", "-m", "one")
+    monkeypatch.setattr(segsweep.record, "_REPO", tmp_path)
+    clean = code_state()
+    assert clean == git("rev-parse", "HEAD")
+    (tmp_path / "notes.txt").write_text("untracked: not code that runs\n")
+    assert code_state() == clean
+    (tmp_path / "train.py").write_text("lr = 1e-4\n")
+    first = code_state()
+    assert first.startswith(f"{clean}+dirty (changes ") and first != clean
+    (tmp_path / "train.py").write_text("lr = 3e-4\n")
+    assert code_state() not in (clean, first)

@@ -230,12 +230,18 @@ def run_rounds(study: Any, storage: Any, study_id: int, sweep: Sweep, sweep_dir:
     """Queue, run and analyse rounds until every comparison is settled; returns (interrupted,
     planned cells x seeds not finished). `run_round()` runs the workers until the queue is empty
     and returns True when a signal stopped them."""
+    from ..record import code_state
     from .cells import cell_config_hash
     from .study import enqueue_grid
 
     schedule: SeedSchedule = sweep.spec.seeds  # type: ignore[assignment]
     cells = {c.label: c for c in sweep.cells}
     plan = Plan({label: schedule.planned_seeds()[:len(schedule.initial)] for label in cells})
+    code = code_state()  # each round's workers import the code anew: it must not change between rounds
+    if "+dirty" in code:
+        echo(f"sweep {sweep.name}: warning: the code is {code}, not a clean commit: its runs will not show "
+             "one clean sha; a study to commit runs from a clean checkout (git worktree add ../study HEAD)")
+    unplanned = 0
     while True:
         plan.rounds += 1
         queued = sum(enqueue_grid(study, replace(sweep, cells=(cells[label],), seeds=seeds))
@@ -262,10 +268,17 @@ def run_rounds(study: Any, storage: Any, study_id: int, sweep: Sweep, sweep_dir:
         if why and not started:
             plan.stopped_by = why
             break
+        now = code_state()
+        if now != code:
+            unplanned = sum(len(set(s) - set(plan.seeds_of[label])) for label, s in following.items())
+            plan.stopped_by = (f"the code changed after round {plan.rounds} ({code} -> {now}): round {plan.rounds + 1} "
+                               "would train on other code than the rounds before it; commit or undo the change, "
+                               "then rerun the command to go on (the rounds done are kept)")
+            break
         plan.seeds_of = following
     for line in _record_plan(sweep, plan, sweep_dir):
         echo(line)
-    return False, len(missing)
+    return False, len(missing) + unplanned
 
 
 def _missing(plan: Plan, values: Mapping[tuple[str, int], float]) -> list[tuple[str, int]]:
