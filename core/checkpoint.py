@@ -6,11 +6,13 @@ A checkpoint is a dict of tensors and plain types only, so it loads without unpi
 """
 from __future__ import annotations
 
+import copy
 import os
 import pickle
+import threading
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -30,6 +32,51 @@ def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
             torch.save(payload, fh)
 
     atomic_write(path, write, CheckpointError)
+
+
+def detached_copy(payload: Any) -> Any:
+    """`payload` with every tensor cloned: what a checkpoint holds at this moment, unaffected by
+    the optimiser steps that follow. Containers keep their type and attributes (a state dict's
+    `_metadata`)."""
+    if isinstance(payload, torch.Tensor):
+        return payload.detach().clone()
+    if isinstance(payload, dict):
+        out = copy.copy(payload)
+        for key, value in payload.items():
+            out[key] = detached_copy(value)
+        return out
+    if isinstance(payload, (list, tuple)):
+        return type(payload)(detached_copy(v) for v in payload)
+    return payload
+
+
+class BackgroundSaver:
+    """Runs one job at a time (a checkpoint save and what follows it) on a background thread, so
+    training goes on while the file is written and fsynced. `submit` first waits for the job in
+    flight, so jobs run in order; `wait` joins it and raises its error (a full disk) here."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self.wait()
+        self._thread = threading.Thread(target=self._run, args=(job,), name="segsweep-checkpoint", daemon=True)
+        self._thread.start()
+
+    def _run(self, job: Callable[[], None]) -> None:
+        try:
+            job()
+        except BaseException as exc:  # handed to the training thread by wait()
+            self._error = exc
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

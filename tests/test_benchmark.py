@@ -50,6 +50,8 @@ def test_quick_writes_every_figure(quick_report: tuple[dict, str]) -> None:
     assert set(figures["fast_vs_naive"]["per_model"]) == set(QUICK.naive_models)
     assert 0 < figures["trial_overhead"]["value"] <= 1 and 0 < figures["study_trial_overhead"]["value"] <= 1
     assert figures["study_trial_overhead"]["breakdown_s"]["test"] == 0 < figures["trial_overhead"]["breakdown_s"]["test"]
+    in_line = figures["trial_overhead"]["in_line_saves"]  # the contender: each checkpoint save joined at once
+    assert 0 < in_line["share"] <= 1 and in_line["epochs"] >= 1 and in_line["breakdown_s"]["test"] > 0
     assert figures["memory"]["workers"] == QUICK.workers
     machine = report["machine"]
     assert machine["torch_threads"] == 1 and "avx512_bf16" in machine["flags"]

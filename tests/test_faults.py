@@ -650,3 +650,49 @@ def test_a_mid_epoch_last_is_never_linked_as_a_best(tmp_path: Path) -> None:
     save_checkpoint({**_fake(2), "partial": {"epoch": 3}}, tmp_path / "last.pt")
     topk.restore([(0.6, 2)], last=tmp_path / "last.pt")
     assert topk.entries == [] and not (tmp_path / "best.pt").exists()
+
+
+def test_an_epochs_checkpoint_is_written_while_the_next_epoch_trains(tiny_spec, tmp_path: Path, monkeypatch) -> None:
+    """last.pt of epoch 1 is saved on a background thread: its write is held until an optimiser
+    step of epoch 2 has run (a save in line would never see one), and it is on disk, holding
+    epoch 1's weights as they were, before epoch 2's record is made."""
+    import threading
+
+    import segsweep.train.callbacks as callbacks
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    stepped_during_save = threading.Event()
+    saving, seen = {"epoch": None}, []
+
+    def on_step(*args) -> None:
+        if saving["epoch"] is not None:
+            stepped_during_save.set()
+
+    real_save = callbacks.save_checkpoint
+
+    def held_save(payload, path):
+        if path.name == "last.pt" and payload["epoch"] == 1 and not payload["partial"]:
+            saving["epoch"] = 1
+            assert threading.current_thread() is not threading.main_thread()
+            assert stepped_during_save.wait(timeout=120), "no optimiser step ran while last.pt was being saved"
+            seen.append({k: v.clone() for k, v in payload["model"].items()})
+            saving["epoch"] = None
+        real_save(payload, path)
+
+    monkeypatch.setattr(callbacks, "save_checkpoint", held_save)
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    records: list[int | None] = []
+    handle = register_optimizer_step_post_hook(on_step)
+    try:
+        result = fit(tiny_spec(**{"train.epochs": 2, "checkpoint.keep_best": 1}), tmp_path / "run",
+                     on_epoch_end=lambda epoch, metrics: records.append(
+                         load_checkpoint(last)["epoch"] if last.exists() else None))
+    finally:
+        handle.remove()
+    assert result.status == "completed" and stepped_during_save.is_set()
+    assert records == [None, 1]  # at epoch 2's end last.pt is epoch 1's, complete (epoch 2's comes after)
+    saved = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert saved["epoch"] == 2
+    first = seen[0]
+    assert any(not torch.equal(first[k], saved["model"][k]) for k in first)  # epoch 2 moved on from the copy
+    assert check_run_folder(tmp_path / "run") == []

@@ -48,8 +48,14 @@ def _detail(name: str, f: dict[str, Any]) -> str:
                f"{d['loop_ratio']:.2f}x Lightning driving it)"
     if name in ("trial_overhead", "study_trial_overhead"):
         b = f["breakdown_s"]
-        return f"{f['overhead_s']} of {f['wall_s']} s: first batches {b['first_batches']}, val {b['validation']}, " \
+        line = f"{f['overhead_s']} of {f['wall_s']} s: first batches {b['first_batches']}, val {b['validation']}, " \
                f"test {b['test']}, start-up/records {b['startup_checkpoints_records']}"
+        if "in_line_saves" in f:
+            s = f["in_line_saves"]
+            line += (f"; with saves in line {s['share']:.4f} ({s['overhead_s']} of {s['wall_s']} s, start-up/records "
+                     f"{s['breakdown_s']['startup_checkpoints_records']}; median batch {s['median_batch_s']} s "
+                     f"vs {f['median_batch_s']} s)")
+        return line
     if name == "memory":
         private = sum(w["cache_map_mb"]["Private"] for w in f["per_worker"])
         return f"{f['workers']} workers: peak RSS {f['value']} MB, PSS {f['workers_pss_mb']}, USS " \

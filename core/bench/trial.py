@@ -12,6 +12,7 @@ from typing import Any
 from ..record import new_run_dir
 from ..spec import ExperimentSpec, override_spec
 from ..train import Callback, TrainState, fit
+from ..train.callbacks import Checkpoints
 from .contenders import Plan, base_spec
 from .measure import figure, median, with_peak_rss
 
@@ -20,7 +21,9 @@ def bench_trial(plan: Plan, cache_dir: Path) -> dict[str, Any]:
     """Sweep trials as a sweep worker runs them: in a process whose first trial has already paid
     the imports (a short warm-up trial here). Two timed trials of `trial_budget_s`: an ablation
     trial (tests its best checkpoint: `trial_overhead`, the issue's figure) and a study trial
-    that tunes on val only (`train.final_test: false`, as sweeps/pets_mini_recipe.yaml does)."""
+    that tunes on val only (`train.final_test: false`, as sweeps/pets_mini_recipe.yaml does).
+    Between them, the ablation trial again with each checkpoint save joined where it starts (as
+    a save in line with training would be): `trial_overhead`'s `in_line_saves` detail."""
     spec = base_spec(plan, cache_dir, plan.main_model, **{
         "name": "benchmark-trial", "data.limit_train": None, "train.epochs": 1000,
         "train.time_budget_s": plan.trial_budget_s,
@@ -30,12 +33,15 @@ def bench_trial(plan: Plan, cache_dir: Path) -> dict[str, Any]:
                                     "train.time_budget_s": None, "train.final_test": False})
         fit(warm, new_run_dir(tmp, "warm-up"))
     ablation = _timed_trial(spec)
+    in_line = _timed_trial(spec, [SavesInLine()])
     study = _timed_trial(override_spec(spec, {"train.final_test": False}))
     note = ("fit() with train.time_budget_s and no tracker, after a warm-up trial in the same process; "
             "overhead = wall - training passes, the first batch of each epoch counted at the median batch time")
     return with_peak_rss({
         "trial_overhead": figure("trial_overhead", ablation.pop("share"), "share of the trial's wall time",
-                                 **ablation, note=note),
+                                 **ablation, in_line_saves={k: in_line[k] for k in (
+                                     "share", "wall_s", "overhead_s", "epochs", "median_batch_s", "breakdown_s")},
+                                 note=note + "; in_line_saves: the same trial with each checkpoint save joined at once"),
         "study_trial_overhead": figure("study_trial_overhead", study.pop("share"), "share of the trial's wall time",
                                        **study, note=note + "; train.final_test: false (no test pass)"),
     })
@@ -71,14 +77,24 @@ class TrialTimer(Callback):
         self.spans[split] += time.perf_counter() - self.eval_started
 
 
-def _timed_trial(spec: ExperimentSpec) -> dict[str, Any]:
+class SavesInLine(Callback):
+    """Joins each epoch's checkpoint save as soon as it is handed to the background thread: the
+    trainer as it would be with saves in line (the contender for the background saves)."""
+
+    def on_epoch_decided(self, state: TrainState, row: dict[str, float]) -> None:
+        for callback in state.callbacks.callbacks:
+            if isinstance(callback, Checkpoints):
+                callback.saver.wait()
+
+
+def _timed_trial(spec: ExperimentSpec, extra: list[Callback] | None = None) -> dict[str, Any]:
     """One `fit()` with a `TrialTimer`: its wall time, split into training and the rest."""
     timer = TrialTimer()
     with tempfile.TemporaryDirectory(prefix="segsweep-bench-") as tmp:
         run_dir = new_run_dir(tmp, spec.name)
         started = time.perf_counter()
         with contextlib.redirect_stdout(sys.stderr):
-            result = fit(spec, run_dir, callbacks=[timer])
+            result = fit(spec, run_dir, callbacks=[*(extra or []), timer])
         wall = time.perf_counter() - started
     marks, spans, sizes = timer.marks, timer.spans, timer.sizes
     # A batch's time: from its arrival to the next one's (its step, then loading the next).

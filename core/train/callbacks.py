@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 import torch
 
-from ..checkpoint import TopK, save_checkpoint
+from ..checkpoint import BackgroundSaver, TopK, detached_copy, save_checkpoint
 from ..errors import SegsweepError
 from ..losses import DOUBLE_SIGMOID_WARNING
 from ..metrics import probabilities
@@ -41,7 +41,7 @@ class Callback:
     arrives), on_train_epoch_end, on_eval_start / on_eval_end ("val"), then on_epoch_end (the
     row of metrics.csv; may ask the stop controller to stop) and on_epoch_decided (every rank
     knows whether training goes on) -- or on_interrupt when a signal stopped the epoch part-way;
-    after the epochs, on_eval_start / on_eval_end ("test") and on_test_end; last, on_fit_end
+    after the epochs, on_train_end, then on_eval_start / on_eval_end ("test") and on_test_end; last, on_fit_end
     (summary.json's contents; `quick` when the run ends in an error or a second signal).
     """
 
@@ -54,6 +54,7 @@ class Callback:
     def on_epoch_end(self, state: TrainState, row: dict[str, float]) -> None: ...
     def on_epoch_decided(self, state: TrainState, row: dict[str, float]) -> None: ...
     def on_interrupt(self, state: TrainState, epoch: int) -> None: ...
+    def on_train_end(self, state: TrainState) -> None: ...
     def on_test_end(self, state: TrainState, result: EvalResult) -> None: ...
     def on_fit_end(self, state: TrainState, summary: dict[str, Any], quick: bool) -> None: ...
 
@@ -100,6 +101,9 @@ class CallbackList(Callback):
     def on_interrupt(self, state: TrainState, epoch: int) -> None:
         self._call("on_interrupt", state, epoch)
 
+    def on_train_end(self, state: TrainState) -> None:
+        self._call("on_train_end", state)
+
     def on_test_end(self, state: TrainState, result: EvalResult) -> None:
         self._call("on_test_end", state, result)
 
@@ -133,7 +137,14 @@ class TimeBudget(Callback):
 
 class Checkpoints(Callback):
     """last.pt after every epoch (and a partial one when a signal stops an epoch part-way);
-    the top-k by val/dice as best.pt, best-2.pt, ... (a new best is a hard link to last.pt)."""
+    the top-k by val/dice as best.pt, best-2.pt, ... (a new best is a hard link to last.pt).
+
+    An epoch's last.pt and top-k files are written on a background thread while the next epoch
+    trains (a copy of the state is taken first); the write is joined before anything reads or
+    replaces them: at the next epoch's end of training, on an interrupt, before the test pass
+    and at the end of the run. The files on disk go through the same states, in the same order,
+    as with a write in line: a kill leaves last.pt at most one epoch behind metrics.csv.
+    """
 
     def __init__(self, state: TrainState, stop: StopController):
         self.directory = state.run_dir / "checkpoints"
@@ -142,6 +153,7 @@ class Checkpoints(Callback):
         self.save_last = state.spec.checkpoint.save_last
         self.stop = stop
         self.payload: dict[str, Any] | None = None
+        self.saver = BackgroundSaver()
 
     def state_dict(self) -> dict[str, Any]:
         return {"topk": [list(e) for e in self.topk.entries]}
@@ -168,14 +180,38 @@ class Checkpoints(Callback):
             # A final stop is part of the state: resuming a finished run only re-tests it.
             payload["state"]["stop"] = self.stop.state_dict()["stop"]
             payload["state"]["elapsed_s"] = state.elapsed()
-            save_checkpoint(payload, self.last)
-        # A new best is a hard link to last.pt: no second write of the same state.
-        self.topk.offer(row["val/dice"], row["epoch"], payload, same_as=self.last if self.save_last else None)
+        if not self.save_last and not self.topk.would_keep(row["val/dice"]):
+            return
+        payload = detached_copy(payload)  # the next steps change the live tensors
+        score, epoch = row["val/dice"], row["epoch"]
+
+        def save() -> None:
+            if self.save_last:
+                save_checkpoint(payload, self.last)
+            # A new best is a hard link to last.pt: no second write of the same state.
+            self.topk.offer(score, epoch, payload, same_as=self.last if self.save_last else None)
+
+        self.saver.submit(save)
+
+    def on_train_epoch_end(self, state: TrainState, epoch: int) -> None:
+        self.saver.wait()  # before this epoch's record and state: the previous save is on disk
 
     def on_interrupt(self, state: TrainState, epoch: int) -> None:
+        self.saver.wait()
         # Keep the batches done: the resumed run continues with the next one.
         if state.is_main and self.save_last:
             save_checkpoint(state.checkpoint(state.partial(epoch)), self.last)
+
+    def on_train_end(self, state: TrainState) -> None:
+        self.saver.wait()  # the test pass reads best.pt
+
+    def on_fit_end(self, state: TrainState, summary: dict[str, Any], quick: bool) -> None:
+        try:
+            self.saver.wait()
+        except Exception as exc:
+            if not quick:
+                raise
+            log.warning(f"warning: the last checkpoint save failed: {exc}")  # the run's own error comes first
 
 
 class RunRecord(Callback):

@@ -85,6 +85,7 @@ def fit(
         try:
             parts.on_fit_start(state)
             status, error = run_epochs(state, parts, stop)
+            parts.on_train_end(state)
             status = test_best(state, parts, stop, status)
             signum = stop.signum() if status == "interrupted" else None
         except BaseException as exc:  # recorded (failed, or interrupted by KeyboardInterrupt), then re-raised
