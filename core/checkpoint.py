@@ -6,9 +6,9 @@ A checkpoint is a dict of tensors and plain types only, so it loads without unpi
 """
 from __future__ import annotations
 
-import copy
 import os
 import pickle
+import shutil
 import threading
 import warnings
 from pathlib import Path
@@ -17,13 +17,20 @@ from typing import Any, Callable
 import torch
 
 from .errors import CheckpointError
-from .record import TEMP_SUFFIX, atomic_write, read_metrics
+from .record import TEMP_SUFFIX, atomic_write, read_metrics, staged_write
 from .spec import flatten, read_yaml, spec_from_dict, spec_to_dict
 
 
 def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
     """Write `payload` to `path` atomically; on a full disk the previous file stays intact and
     a `CheckpointError` says so."""
+    stage_checkpoint(payload, path)()
+
+
+def stage_checkpoint(payload: dict[str, Any], path: Path) -> Callable[[], None]:
+    """`save_checkpoint` in two halves (`record.staged_write`): `payload` is serialised to a
+    temporary file now, so the caller may change its tensors next; the returned call fsyncs and
+    renames it into place, and may run on another thread."""
 
     def write(tmp: Path) -> None:
         # Through a Python file: torch.save(path) reports a full disk as a bare RuntimeError,
@@ -31,23 +38,7 @@ def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
         with open(tmp, "wb") as fh:
             torch.save(payload, fh)
 
-    atomic_write(path, write, CheckpointError)
-
-
-def detached_copy(payload: Any) -> Any:
-    """`payload` with every tensor cloned: what a checkpoint holds at this moment, unaffected by
-    the optimiser steps that follow. Containers keep their type and attributes (a state dict's
-    `_metadata`)."""
-    if isinstance(payload, torch.Tensor):
-        return payload.detach().clone()
-    if isinstance(payload, dict):
-        out = copy.copy(payload)
-        for key, value in payload.items():
-            out[key] = detached_copy(value)
-        return out
-    if isinstance(payload, (list, tuple)):
-        return type(payload)(detached_copy(v) for v in payload)
-    return payload
+    return staged_write(path, write, CheckpointError)
 
 
 class BackgroundSaver:
@@ -163,11 +154,12 @@ class TopK:
             return list(self.entries)
         return sorted([*self.entries, (score, epoch)], key=lambda e: (-e[0], e[1]))[: self.k]
 
-    def offer(self, score: float, epoch: int, payload: dict[str, Any], same_as: Path | None = None) -> bool:
+    def offer(self, score: float, epoch: int, payload: dict[str, Any] | None, same_as: Path | None = None) -> bool:
         """Save `payload` if it ranks in the top k; returns whether it became `best.pt`.
 
         `same_as`: a file already holding `payload` (last.pt, just saved): the entry becomes a
-        hard link to it, which later atomic replacements of that file leave untouched.
+        hard link to it, which later atomic replacements of that file leave untouched (a copy of
+        the file where links are not possible); `payload` is then not read and may be None.
         """
         if not self.would_keep(score):
             return False
@@ -178,8 +170,11 @@ class TopK:
             src = self._path(i)
             if src.exists():
                 os.replace(src, self._path(i + 1))
-        if same_as is None or not _link(same_as, self._path(rank)):
+        if same_as is None:
+            assert payload is not None
             save_checkpoint(payload, self._path(rank))
+        elif not _link(same_as, self._path(rank)):
+            atomic_write(self._path(rank), lambda tmp: shutil.copyfile(same_as, tmp), CheckpointError)
         self.entries = ranked
         return rank == 0
 

@@ -46,6 +46,15 @@ def atomic_write(path: Path, write: Callable[[Path], None], error: type[Segsweep
     On any error `path` keeps its previous contents and the temporary file is removed; a full
     disk (or quota) becomes `error` with one line saying so.
     """
+    staged_write(path, write, error)()
+
+
+def staged_write(path: Path, write: Callable[[Path], None],
+                 error: type[SegsweepError] = SegsweepError) -> Callable[[], None]:
+    """`atomic_write` in two halves: `write(tmp)` now, and the returned call fsyncs the temporary
+    file and renames it over `path` (once, from any thread: it only waits on the disk). Until it
+    is called `path` keeps its previous contents; a kill in between leaves a temporary that
+    `remove_temporaries` sweeps. Errors as for `atomic_write`, from the half that meets them."""
     had_previous = path.exists()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp: Path | None = None
@@ -55,19 +64,37 @@ def atomic_write(path: Path, write: Callable[[Path], None], error: type[Segsweep
         os.close(fd)
         tmp = Path(name)
         write(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
     except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        what = "no space left on device" if exc.errno == errno.ENOSPC else "disk quota exceeded"
-        kept = f"the previous {path.name} is intact" if had_previous else f"no {path.name} was written"
-        raise error(f"{path}: {what} while saving; {kept}; free some space and resume") from None
-    finally:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
+        _raise_disk_full(exc, path, had_previous, error)
+    except BaseException:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        raise
+    written = tmp
+
+    def rename() -> None:
+        try:
+            with open(written, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(written, path)
+            _fsync_dir(path.parent)
+        except OSError as exc:
+            _raise_disk_full(exc, path, had_previous, error)
+        finally:
+            written.unlink(missing_ok=True)
+
+    return rename
+
+
+def _raise_disk_full(exc: OSError, path: Path, had_previous: bool, error: type[SegsweepError]) -> None:
+    """A full disk or quota as `error`, one line saying what is kept; any other OSError as it is."""
+    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        raise exc
+    what = "no space left on device" if exc.errno == errno.ENOSPC else "disk quota exceeded"
+    kept = f"the previous {path.name} is intact" if had_previous else f"no {path.name} was written"
+    raise error(f"{path}: {what} while saving; {kept}; free some space and resume") from None
 
 
 def _fsync_dir(folder: Path) -> None:

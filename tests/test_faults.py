@@ -652,47 +652,59 @@ def test_a_mid_epoch_last_is_never_linked_as_a_best(tmp_path: Path) -> None:
     assert topk.entries == [] and not (tmp_path / "best.pt").exists()
 
 
-def test_an_epochs_checkpoint_is_written_while_the_next_epoch_trains(tiny_spec, tmp_path: Path, monkeypatch) -> None:
-    """last.pt of epoch 1 is saved on a background thread: its write is held until an optimiser
-    step of epoch 2 has run (a save in line would never see one), and it is on disk, holding
-    epoch 1's weights as they were, before epoch 2's record is made."""
+def test_an_epochs_checkpoint_is_synced_while_the_next_epoch_trains(tiny_spec, tmp_path: Path, monkeypatch) -> None:
+    """last.pt of epoch 1 is serialised in line, then fsynced and renamed into place on a
+    background thread: that half is held until an optimiser step of epoch 2 has run (in line it
+    would never see one), and it is done before epoch 2's record is made."""
     import threading
 
     import segsweep.train.callbacks as callbacks
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
-    stepped_during_save = threading.Event()
-    saving, seen = {"epoch": None}, []
+    stepped = threading.Event()
+    holding = threading.Event()
+    real_stage = callbacks.stage_checkpoint
 
-    def on_step(*args) -> None:
-        if saving["epoch"] is not None:
-            stepped_during_save.set()
+    def held_stage(payload, path):
+        rename = real_stage(payload, path)
+        if payload["epoch"] != 1:
+            return rename
 
-    real_save = callbacks.save_checkpoint
-
-    def held_save(payload, path):
-        if path.name == "last.pt" and payload["epoch"] == 1 and not payload["partial"]:
-            saving["epoch"] = 1
+        def held_rename() -> None:
             assert threading.current_thread() is not threading.main_thread()
-            assert stepped_during_save.wait(timeout=120), "no optimiser step ran while last.pt was being saved"
-            seen.append({k: v.clone() for k, v in payload["model"].items()})
-            saving["epoch"] = None
-        real_save(payload, path)
+            holding.set()
+            assert stepped.wait(timeout=120), "no optimiser step ran while last.pt was being synced"
+            rename()
+        return held_rename
 
-    monkeypatch.setattr(callbacks, "save_checkpoint", held_save)
+    monkeypatch.setattr(callbacks, "stage_checkpoint", held_stage)
     last = tmp_path / "run" / "checkpoints" / "last.pt"
     records: list[int | None] = []
-    handle = register_optimizer_step_post_hook(on_step)
+    handle = register_optimizer_step_post_hook(lambda *args: stepped.set() if holding.is_set() else None)
     try:
         result = fit(tiny_spec(**{"train.epochs": 2, "checkpoint.keep_best": 1}), tmp_path / "run",
                      on_epoch_end=lambda epoch, metrics: records.append(
                          load_checkpoint(last)["epoch"] if last.exists() else None))
     finally:
         handle.remove()
-    assert result.status == "completed" and stepped_during_save.is_set()
+    assert result.status == "completed" and stepped.is_set()
     assert records == [None, 1]  # at epoch 2's end last.pt is epoch 1's, complete (epoch 2's comes after)
-    saved = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
-    assert saved["epoch"] == 2
-    first = seen[0]
-    assert any(not torch.equal(first[k], saved["model"][k]) for k in first)  # epoch 2 moved on from the copy
+    assert load_checkpoint(last)["epoch"] == 2 and load_checkpoint(last.with_name("best.pt"))["epoch"] in (1, 2)
     assert check_run_folder(tmp_path / "run") == []
+
+
+def test_where_hard_links_fail_a_best_is_a_copy_of_last(tmp_path: Path, monkeypatch) -> None:
+    """On a file system without hard links the new best is a copy of last.pt's file (not a
+    second serialisation of a state the training thread may be changing)."""
+    import segsweep.checkpoint as checkpoint
+
+    monkeypatch.setattr(checkpoint, "_link", lambda source, target: False)
+    topk = TopK(tmp_path, 2)
+    save_checkpoint(_fake(1), tmp_path / "last.pt")
+    assert topk.offer(0.5, 1, None, same_as=tmp_path / "last.pt")
+    assert (tmp_path / "best.pt").read_bytes() == (tmp_path / "last.pt").read_bytes()
+    assert not os.path.samefile(tmp_path / "best.pt", tmp_path / "last.pt")
+    save_checkpoint(_fake(2), tmp_path / "last.pt")
+    assert topk.offer(0.6, 2, None, same_as=tmp_path / "last.pt")
+    assert _epochs(tmp_path) == {"best.pt": 2, "best-2.pt": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best-2.pt", "best.pt", "last.pt"]

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 import torch
 
-from ..checkpoint import BackgroundSaver, TopK, detached_copy, save_checkpoint
+from ..checkpoint import BackgroundSaver, TopK, save_checkpoint, stage_checkpoint
 from ..errors import SegsweepError
 from ..losses import DOUBLE_SIGMOID_WARNING
 from ..metrics import probabilities
@@ -139,11 +139,13 @@ class Checkpoints(Callback):
     """last.pt after every epoch (and a partial one when a signal stops an epoch part-way);
     the top-k by val/dice as best.pt, best-2.pt, ... (a new best is a hard link to last.pt).
 
-    An epoch's last.pt and top-k files are written on a background thread while the next epoch
-    trains (a copy of the state is taken first); the write is joined before anything reads or
-    replaces them: at the next epoch's end of training, on an interrupt, before the test pass
-    and at the end of the run. The files on disk go through the same states, in the same order,
-    as with a write in line: a kill leaves last.pt at most one epoch behind metrics.csv.
+    An epoch's last.pt is serialised in line (to a temporary file), then fsynced, renamed into
+    place and linked into the top k on a background thread while the next epoch trains: on two
+    cores any computing beside the training threads would slow them, waiting on the disk does
+    not. That half is joined before anything reads or replaces the files: at the next epoch's
+    end of training, on an interrupt, before the test pass and at the end of the run. The files
+    go through the same states, in the same order, as before: a kill leaves last.pt at most one
+    epoch behind metrics.csv.
     """
 
     def __init__(self, state: TrainState, stop: StopController):
@@ -176,22 +178,21 @@ class Checkpoints(Callback):
         if not state.is_main or self.payload is None:
             return
         payload, self.payload = self.payload, None
-        if self.save_last:
-            # A final stop is part of the state: resuming a finished run only re-tests it.
-            payload["state"]["stop"] = self.stop.state_dict()["stop"]
-            payload["state"]["elapsed_s"] = state.elapsed()
-        if not self.save_last and not self.topk.would_keep(row["val/dice"]):
-            return
-        payload = detached_copy(payload)  # the next steps change the live tensors
         score, epoch = row["val/dice"], row["epoch"]
+        if not self.save_last:
+            self.topk.offer(score, epoch, payload)
+            return
+        # A final stop is part of the state: resuming a finished run only re-tests it.
+        payload["state"]["stop"] = self.stop.state_dict()["stop"]
+        payload["state"]["elapsed_s"] = state.elapsed()
+        rename = stage_checkpoint(payload, self.last)  # serialised here: the next steps may change the tensors
 
-        def save() -> None:
-            if self.save_last:
-                save_checkpoint(payload, self.last)
+        def finish() -> None:
+            rename()
             # A new best is a hard link to last.pt: no second write of the same state.
-            self.topk.offer(score, epoch, payload, same_as=self.last if self.save_last else None)
+            self.topk.offer(score, epoch, None, same_as=self.last)
 
-        self.saver.submit(save)
+        self.saver.submit(finish)  # fsync, rename and link on the saver's thread
 
     def on_train_epoch_end(self, state: TrainState, epoch: int) -> None:
         self.saver.wait()  # before this epoch's record and state: the previous save is on disk
