@@ -52,6 +52,10 @@ def test_quick_writes_every_figure(quick_report: tuple[dict, str]) -> None:
     assert figures["study_trial_overhead"]["breakdown_s"]["test"] == 0 < figures["trial_overhead"]["breakdown_s"]["test"]
     in_line = figures["trial_overhead"]["in_line_saves"]  # the contender: each checkpoint save joined at once
     assert 0 < in_line["share"] <= 1 and in_line["epochs"] >= 1 and in_line["breakdown_s"]["test"] > 0
+    assert in_line["overhead_ratio"] > 0
+    reps = figures["trial_overhead"]["repetitions"]
+    assert len(reps["ours"]) == len(reps["in_line_saves"]) == 2
+    assert figures["trial_overhead"]["value"] == pytest.approx(sum(r["share"] for r in reps["ours"]) / 2, abs=1e-4)
     assert figures["memory"]["workers"] == QUICK.workers
     machine = report["machine"]
     assert machine["torch_threads"] == 1 and "avx512_bf16" in machine["flags"]

@@ -54,7 +54,7 @@ def _detail(name: str, f: dict[str, Any]) -> str:
             s = f["in_line_saves"]
             line += (f"; with saves in line {s['share']:.4f} ({s['overhead_s']} of {s['wall_s']} s, start-up/records "
                      f"{s['breakdown_s']['startup_checkpoints_records']}; median batch {s['median_batch_s']} s "
-                     f"vs {f['median_batch_s']} s)")
+                     f"vs {f['median_batch_s']} s); overhead ours / in line {s['overhead_ratio']:.3f} (means of 2, A B B A)")
         return line
     if name == "memory":
         private = sum(w["cache_map_mb"]["Private"] for w in f["per_worker"])

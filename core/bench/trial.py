@@ -19,11 +19,13 @@ from .measure import figure, median, with_peak_rss
 
 def bench_trial(plan: Plan, cache_dir: Path) -> dict[str, Any]:
     """Sweep trials as a sweep worker runs them: in a process whose first trial has already paid
-    the imports (a short warm-up trial here). Two timed trials of `trial_budget_s`: an ablation
+    the imports (a short warm-up trial here). Timed trials of `trial_budget_s`: the ablation
     trial (tests its best checkpoint: `trial_overhead`, the issue's figure) and a study trial
     that tunes on val only (`train.final_test: false`, as sweeps/pets_mini_recipe.yaml does).
-    Between them, the ablation trial again with each checkpoint save joined where it starts (as
-    a save in line with training would be): `trial_overhead`'s `in_line_saves` detail."""
+    The ablation trial runs four times, A B B A: twice as the trainer is and twice with each
+    checkpoint save joined where it starts, as a save in line with training would be
+    (`in_line_saves`); the first trial of a process is slower whichever it is, so the figures
+    are the means of each contender's two, and the overhead ratio pairs them by position."""
     spec = base_spec(plan, cache_dir, plan.main_model, **{
         "name": "benchmark-trial", "data.limit_train": None, "train.epochs": 1000,
         "train.time_budget_s": plan.trial_budget_s,
@@ -32,19 +34,37 @@ def bench_trial(plan: Plan, cache_dir: Path) -> dict[str, Any]:
         warm = override_spec(spec, {"data.limit_train": plan.batch_size, "train.epochs": 1,
                                     "train.time_budget_s": None, "train.final_test": False})
         fit(warm, new_run_dir(tmp, "warm-up"))
-    ablation = _timed_trial(spec)
-    in_line = _timed_trial(spec, [SavesInLine()])
+    ours: list[dict[str, Any]] = []
+    in_line: list[dict[str, Any]] = []
+    for contender in (ours, in_line, in_line, ours):
+        contender.append(_timed_trial(spec, [SavesInLine()] if contender is in_line else []))
     study = _timed_trial(override_spec(spec, {"train.final_test": False}))
+    ablation, joined = _mean_trial(ours), _mean_trial(in_line)
+    ratio = median([a["overhead_s"] / max(b["overhead_s"], 1e-9) for a, b in zip(ours, in_line)])
     note = ("fit() with train.time_budget_s and no tracker, after a warm-up trial in the same process; "
             "overhead = wall - training passes, the first batch of each epoch counted at the median batch time")
     return with_peak_rss({
         "trial_overhead": figure("trial_overhead", ablation.pop("share"), "share of the trial's wall time",
-                                 **ablation, in_line_saves={k: in_line[k] for k in (
-                                     "share", "wall_s", "overhead_s", "epochs", "median_batch_s", "breakdown_s")},
-                                 note=note + "; in_line_saves: the same trial with each checkpoint save joined at once"),
+                                 **ablation, in_line_saves={**joined, "overhead_ratio": round(ratio, 4)},
+                                 repetitions={"ours": ours, "in_line_saves": in_line},
+                                 note=note + "; means of 2 trials (A B B A with in_line_saves: each checkpoint "
+                                 "save joined at once); overhead_ratio: ours / in line, paired by position"),
         "study_trial_overhead": figure("study_trial_overhead", study.pop("share"), "share of the trial's wall time",
                                        **study, note=note + "; train.final_test: false (no test pass)"),
     })
+
+
+def _mean_trial(trials: list[dict[str, Any]]) -> dict[str, Any]:
+    """The trials' numbers averaged (the breakdown part by part); the rest from the first."""
+    def mean(key: str, part: str | None = None) -> float:
+        return sum(t[key][part] if part else t[key] for t in trials) / len(trials)
+
+    out = dict(trials[0])
+    for key in ("share", "wall_s", "training_s", "overhead_s", "median_batch_s", "epochs"):
+        out[key] = round(mean(key), 4 if key == "share" else 3)
+    out["breakdown_s"] = {part: round(mean("breakdown_s", part), 2) for part in trials[0]["breakdown_s"]}
+    out["status"] = sorted({t["status"] for t in trials})
+    return out
 
 
 class TrialTimer(Callback):
