@@ -42,9 +42,9 @@ def stage_checkpoint(payload: dict[str, Any], path: Path) -> Callable[[], None]:
 
 
 class BackgroundSaver:
-    """Runs one job at a time (a checkpoint save and what follows it) on a background thread, so
-    training goes on while the file is written and fsynced. `submit` first waits for the job in
-    flight, so jobs run in order; `wait` joins it and raises its error (a full disk) here."""
+    """Runs one job at a time on a background thread (a staged checkpoint's fsync and rename, and
+    what follows them), so training goes on while the disk catches up. `submit` first waits for
+    the job in flight, so jobs run in order; `wait` joins it and raises its error (a full disk) here."""
 
     def __init__(self) -> None:
         self._thread: threading.Thread | None = None

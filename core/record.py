@@ -64,13 +64,11 @@ def staged_write(path: Path, write: Callable[[Path], None],
         os.close(fd)
         tmp = Path(name)
         write(tmp)
-    except OSError as exc:
+    except BaseException as exc:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
-        _raise_disk_full(exc, path, had_previous, error)
-    except BaseException:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            _raise_disk_full(exc, path, had_previous, error)
         raise
     written = tmp
 
@@ -244,13 +242,12 @@ _REPO = Path(__file__).resolve().parents[1]
 
 def git_sha() -> str:
     """The commit of the code that ran ('unknown' outside a checkout), '+dirty' if modified."""
-    repo = _REPO
     try:
         sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=5, check=True
+            ["git", "rev-parse", "HEAD"], cwd=_REPO, capture_output=True, text=True, timeout=5, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True, text=True, timeout=5
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=_REPO, capture_output=True, text=True, timeout=5
         ).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
