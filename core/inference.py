@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from .checkpoint import load_checkpoint, load_model_state
-from .data.sources import decode_image
+from .data.sources import decode_image, resize_image
 from .errors import CheckpointError
 from .metrics import probabilities
 from .models import build_model, predict_batch
@@ -42,9 +42,7 @@ class Predictor:
     def predict(self, image: np.ndarray) -> np.ndarray:
         """uint8 RGB (H, W, 3) -> float32 probabilities (H, W)."""
         h, w = image.shape[:2]
-        size = self.spec.data.image_size
-        shrink = size < h or size < w
-        resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        resized = resize_image(image, self.spec.data.image_size, self.spec.data.image_interpolation)
         pixels = (resized.astype(np.float32) / 255 - self.mean) / self.std
         batch = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))[None].to(self.device)
         output = predict_batch(self.model, batch, self.spec.train.tta)

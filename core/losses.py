@@ -6,7 +6,9 @@ Adding a term is one file: a `LossTerm` subclass decorated `@LOSSES.register("na
 is then the spec key `loss.name` (0 by default), and its `check_spec` its rules on the whole spec.
 
 No head and loss ever apply a sigmoid twice, except on purpose: `loss.double_sigmoid_bce` is the
-study's BCE (`BCEWithLogitsLoss` on a sigmoid head's output), for reproducing what it ran.
+study's BCE term (`BCEWithLogitsLoss` on a sigmoid head's output), for reproducing what it ran.
+The study's whole loss is that term plus its batch-pooled Dice term: `loss.bce: 0`,
+`loss.double_sigmoid_bce: 1`, `loss.dice: 0`, `loss.dice_batch: 1` (experiments/study.yaml).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ Head = Literal["sigmoid", "logits"]
 IGNORE = 255  # mask value excluded from every loss term and metric
 EPS = 1e-6  # probabilities of a sigmoid head are clamped to [EPS, 1 - EPS] before the logs
 SMOOTH = 1.0  # soft Dice: (2 * inter + SMOOTH) / (pred + true + SMOOTH), per image
+STUDY_EPS = 1e-8  # the study's Dice: 2 * inter / (pred + true + STUDY_EPS), pooled over the batch
 DOUBLE_SIGMOID_WARNING = ("warning: loss.double_sigmoid_bce: BCE-with-logits is applied to the sigmoid head's "
                           "output (a second sigmoid, as the study trained); its BCE term is not the usual BCE")
 
@@ -119,9 +122,10 @@ class DoubleSigmoidBCE(LossTerm):
     is the sigmoid head's output, so the BCE sees sigmoid(sigmoid(z)). Averaged over valid pixels.
 
     Spec rule (`check_spec`): only with `model.head: sigmoid` (on logits it would be `loss.bce`).
-    It adds to the other terms like any term, so the study's loss is `loss.bce: 0`,
-    `loss.double_sigmoid_bce: 1`, `loss.dice: 1`. A run using it says so in a warning at start,
-    in summary.json (`double_sigmoid: true`) and in every report that includes it.
+    It adds to the other terms like any term; the study's whole loss is this term plus its
+    batch-pooled Dice, `loss.dice_batch: 1` (with `loss.bce: 0`, `loss.dice: 0`). A run using it
+    says so in a warning at start, in summary.json (`double_sigmoid: true`) and in every report
+    that includes it.
     """
 
     @classmethod
@@ -158,6 +162,22 @@ class SoftDice(LossTerm):
         denom = prob.sum(dim=(1, 2)) + target.sum(dim=(1, 2))
         dice = (2.0 * inter + self.smooth) / (denom + self.smooth)
         return 1.0 - dice.mean()
+
+
+@LOSSES.register("dice_batch")
+class BatchDice(LossTerm):
+    """1 - one soft Dice pooled over the whole batch, the study's `dice_loss`:
+    1 - 2 sum(p t) / (sum(p) + sum(t) + eps), the sums running over every valid pixel of every
+    image of the batch together, eps = 1e-8 (`STUDY_EPS`).
+
+    Unlike `dice` (one Dice per image with smoothing 1, then the mean), an image's weight grows
+    with its pixel counts, and an empty mask adds only its false positives to the denominator.
+    """
+
+    def from_prepared(self, p: Prepared, output: torch.Tensor) -> torch.Tensor:
+        prob = p.prob * p.valid
+        inter = (prob * p.target).sum()
+        return 1.0 - 2.0 * inter / (prob.sum() + (p.target * p.valid).sum() + STUDY_EPS)
 
 
 @LOSSES.register("focal")

@@ -7,165 +7,26 @@ dotted key, what was expected and what would be valid.
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
-import importlib
 import json
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping, Sequence, Union
+from typing import Any, ClassVar, Literal, Mapping, Sequence, Union
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import SpecError, SpecFieldError, UnknownNameError
+from .names import names
 from .trees import (  # noqa: F401  (re-exported: spec files and dotted trees)
     apply_overrides, deep_merge, flatten, parse_override, read_yaml, set_dotted,
 )
 
 
-def registry(where: str) -> Any:
-    """The registry at `where` ('.models.MODELS'), imported on first use: `import segsweep.spec`
-    stays free of torch, while validating a spec sees every registered name."""
-    module, _, name = where.rpartition(".")
-    return getattr(importlib.import_module(module, __package__), name)
-
-
-def registered(where: str) -> AfterValidator:
-    """A `str` field whose value must be a name in the registry at `where`."""
-    def check(name: str) -> str:
-        registry(where).get(name)  # UnknownNameError lists what exists
-        return name
-
-    return AfterValidator(check)
-
-
-DatasetName = Annotated[str, registered(".data.DATASETS")]
-ModelName = Annotated[str, registered(".models.MODELS")]
-DecoderName = Annotated[str, registered(".models.DECODERS")]
-OptimizerName = Annotated[str, registered(".optim.OPTIMIZERS")]
-SchedulerName = Annotated[str, registered(".optim.SCHEDULERS")]
-_LOSS_TERMS = ".losses.LOSSES"
-
-
-SEED_MAX = 2**32 - 1  # numpy's generators take seeds in 0..2**32-1
-
-
-class _Section(BaseModel):
-    # Infinity or NaN is a spec error wherever it would mean nothing (train.time_budget_s opts in).
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-class AugmentSpec(_Section):
-    """Training-time augmentation; evaluation never augments."""
-
-    affine_p: float = Field(0.5, ge=0, le=1)  # the study: random affine with p = 0.5
-    translate: float = Field(0.1, ge=0, le=0.5)  # fraction of the image side
-    scale: float = Field(0.1, ge=0, le=0.9)  # zoom in [1 - scale, 1 + scale]
-    rotate: float = Field(15.0, ge=0, le=180)  # degrees
-    hflip_p: float = Field(0.5, ge=0, le=1)
-    elastic_p: float = Field(0.0, ge=0, le=1)  # the U-Net paper's elastic deformation
-    color_jitter_p: float = Field(0.0, ge=0, le=1)
-    color_jitter: float = Field(0.2, ge=0, le=1)  # brightness/contrast/saturation strength
-
-
-class SyntheticSpec(_Section):
-    """The procedural dataset written in the Oxford layout (`data.name: synthetic`)."""
-
-    num_trainval: int = Field(200, ge=10)
-    num_test: int = Field(60, ge=2)
-    size: int = Field(96, ge=32, le=1024)  # side of the generated images in px
-    seed: int = 0
-
-
-def _subfolder(value: str) -> str:
-    parts = Path(value).parts
-    if not value or Path(value).is_absolute() or ".." in parts:
-        raise ValueError("expected a folder inside data.root such as 'masks' or 'train/label'")
-    return value
-
-
-def _suffix(value: str) -> str:
-    if "/" in value or "\\" in value:
-        raise ValueError("expected the end of a mask's file stem such as '_mask', without a folder separator")
-    return value
-
-
-Subfolder = Annotated[str, AfterValidator(_subfolder)]
-_FOLDER_LATER = {"images": "images", "masks": "masks", "mask_suffix": "", "mask_channel": None, "foreground_color": None}
-
-
-class FolderSpec(_Section):
-    """Users' own data: `<root>/<images>/<stem>.*` + `<root>/<masks>/<stem><mask_suffix>.*`
-    (`data.name: folder`). Masks are read by value (palette PNGs by index); colour masks need
-    `mask_channel` or `foreground_color`."""
-
-    images: Subfolder = "images"  # may be nested, e.g. train/image
-    masks: Subfolder = "masks"  # e.g. train/label
-    mask_suffix: Annotated[str, AfterValidator(_suffix)] = ""  # '_mask': 3.png pairs with 3_mask.png
-    foreground_value: int | None = Field(None, ge=0, le=65535)  # None: mask > 0 is foreground
-    mask_channel: int | None = Field(None, ge=0, le=3)  # colour masks: read this channel by value
-    foreground_color: tuple[int, int, int] | None = None  # colour masks: this [r, g, b] is foreground
-    val_fraction: float = Field(0.1, gt=0, lt=1)
-    test_fraction: float = Field(0.2, ge=0, lt=1)
-
-    @model_serializer(mode="wrap")
-    def _dump(self, handler: Any) -> dict[str, Any]:
-        # Keys added after runs and sweeps were first recorded appear only when set, so every
-        # config.yaml, config hash and sweep hash written before them stays as it was.
-        tree = handler(self)
-        return {k: v for k, v in tree.items() if k not in _FOLDER_LATER or v != _FOLDER_LATER[k]}
-
-    @model_validator(mode="after")
-    def _one_mask_rule(self) -> "FolderSpec":
-        if self.foreground_color is not None:
-            if any(not 0 <= c <= 255 for c in self.foreground_color):
-                raise SpecFieldError("data.folder.foreground_color",
-                                     f"expected [r, g, b] with each value in 0..255 (got {list(self.foreground_color)})")
-            for other in ("mask_channel", "foreground_value"):
-                if getattr(self, other) is not None:
-                    raise SpecFieldError("data.folder.foreground_color",
-                                         f"set either data.folder.foreground_color or data.folder.{other}, not both")
-        return self
-
-
-class DataSpec(_Section):
-    name: DatasetName = "oxford_pet"
-    root: str = "data/oxford-iiit-pet"
-    download: bool = False
-    image_size: int = Field(256, ge=16, le=4096)
-    mask: Literal["pet", "pet_and_boundary", "boundary", "ignore_boundary"] = "pet_and_boundary"
-    val_every: int = Field(10, ge=2)  # trainval line i is validation when i % val_every == 0
-    normalize: Literal["imagenet", "dataset", "none"] = "imagenet"
-    augment: AugmentSpec = AugmentSpec()
-    cache: bool = True  # decoded + resized samples in a memory-mapped uint8 array
-    cache_dir: str | None = None  # None: beside the data, or ~/.cache/segsweep if read-only
-    num_workers: int | Literal["auto"] = "auto"
-    limit_train: int | None = Field(None, ge=1)  # use only the first N training images
-    synthetic: SyntheticSpec = SyntheticSpec()
-    folder: FolderSpec = FolderSpec()
-
-    @model_validator(mode="after")
-    def _settings_of_the_dataset(self) -> "DataSpec":
-        # Trimap and download settings mean nothing to the folder dataset: refuse, never ignore.
-        if self.name == "folder" and self.mask != "pet_and_boundary":
-            raise SpecFieldError("data.mask", f"{self.mask!r} is a trimap setting (oxford_pet, synthetic) that "
-                                 "folder masks do not use; remove it and mark the foreground with "
-                                 "data.folder.foreground_value (or foreground_color / mask_channel)")
-        if self.download and self.name in ("folder", "synthetic"):
-            raise SpecFieldError("data.download", f"only data.name: oxford_pet downloads; {self.name} data "
-                                 "is read from data.root (set data.download: false)")
-        return self
-
-
-class ModelSpec(_Section):
-    name: ModelName = "unet"
-    base_channels: int = Field(64, ge=2, le=512)  # UNet width; 64 as in the paper
-    batchnorm: bool = True
-    dropout: float = Field(0.0, ge=0, lt=1)  # in the bottleneck
-    head: Literal["sigmoid", "logits"] = "logits"
-    init: Literal["pytorch", "he_normal", "he_uniform", "xavier", "paper"] = "pytorch"
-    encoder_weights: Literal["none", "imagenet"] = "none"  # resnet34_unet only
-    decoder: DecoderName = "unet"  # resnet34_unet only; smp: segmentation_models_pytorch's Unet
+from .sections import (  # noqa: F401  (re-exported: the data and model sections)
+    registry, registered, DatasetName, ModelName, DecoderName, OptimizerName, SchedulerName, _LOSS_TERMS, SEED_MAX, _Section, AugmentSpec, SyntheticSpec, FolderSpec, DataSpec, ModelSpec, STUDY_MEAN, STUDY_STD, RGB, Subfolder,
+)
 
 
 class LossSpec(_Section):
@@ -188,11 +49,11 @@ class LossSpec(_Section):
         extra = [key for key in data if key not in cls.model_fields] if isinstance(data, Mapping) else []
         if not extra:
             return data
-        terms = registry(_LOSS_TERMS)
+        terms = names("loss")  # no torch: a typo is answered before it is imported
         for key in extra:
             value = data[key]
             if key not in terms:
-                valid = [*cls.model_fields, *(n for n in terms.names() if n not in cls.model_fields)]
+                valid = [*cls.model_fields, *(n for n in terms if n not in cls.model_fields)]
                 close = difflib.get_close_matches(str(key), valid, n=1)
                 hint = f"did you mean {close[0]!r}? " if close else ""
                 raise SpecFieldError(f"loss.{key}", f"unknown key; {hint}valid keys: {', '.join(valid)}")
@@ -204,8 +65,7 @@ class LossSpec(_Section):
     @model_validator(mode="after")
     def _some_term(self) -> "LossSpec":
         if self.bce + self.dice + self.focal + sum((self.model_extra or {}).values()) <= 0:
-            names = ", ".join(registry(_LOSS_TERMS).names())
-            raise ValueError(f"at least one of {names} must have a positive weight")
+            raise ValueError(f"at least one of {', '.join(names('loss'))} must have a positive weight")
         return self
 
 
@@ -242,8 +102,16 @@ class TrainSpec(_Section):
 
 
 class CheckpointSpec(_Section):
-    keep_best: int = Field(1, ge=1)  # keep the top-k checkpoints by val/dice
+    added_later: ClassVar[Mapping[str, Any]] = {"monitor": "val/dice", "floor": None}
+
+    keep_best: int = Field(1, ge=1)  # keep the top-k checkpoints by the monitored metric
     save_last: bool = True
+    # The validation metric that picks the best epoch: val/dice (per-image, thresholded) or
+    # val/dice_soft_batch8 (the study's soft Dice over batches of 8)
+    monitor: Literal["val/dice", "val/dice_soft_batch8"] = "val/dice"
+    # Keep an epoch only when its monitored metric is above this (the study: 0.7); when no epoch
+    # passes, the run completes, tests its last epoch's weights and says so in summary.json
+    floor: float | None = Field(None, ge=0, lt=1)
 
 
 class WandbSpec(_Section):
@@ -281,7 +149,7 @@ class ExperimentSpec(_Section):
         registry(".models.MODELS").get(self.model.name).check_spec(self.model, self.data.image_size)
         for name, weight in (self.loss.model_extra or {}).items():  # so does a loss term used
             if weight > 0:
-                registry(_LOSS_TERMS).get(name).check_spec(self)
+                registry(".losses.LOSSES").get(name).check_spec(self)
         return self
 
 
@@ -357,20 +225,21 @@ def _describe(error: Mapping[str, Any], root: type[BaseModel]) -> tuple[str, str
     return key, message
 
 
-def _origin(key: str, origins: Mapping[str, Path], overrides: Mapping[str, Any], default: Path) -> str:
-    """Where a dotted key was set: the override, the file of the extends chain, or the spec."""
+def _origin(key: str, origins: Mapping[str, Path], overrides: Mapping[str, Any], default: Path | None) -> str | None:
+    """Where a dotted key was set: the override, the file of the extends chain, or the spec's
+    source (None when there is none to name, e.g. a spec built in memory)."""
     for okey, value in overrides.items():
         if key == okey or key.startswith(okey + ".") or okey.startswith(key + "."):
             return f"override {okey}={value!r}"
     for candidate in (key, *(key.rsplit(".", n)[0] for n in range(1, key.count(".") + 1))):
         if candidate in origins:
             return str(origins[candidate])
-    return str(default)
+    return None if default is None else str(default)
 
 
 def validate_tree(
     tree: Mapping[str, Any],
-    source: str | Path = "<spec>",
+    source: str | Path | None = None,
     origins: Mapping[str, Path] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> ExperimentSpec:
@@ -384,9 +253,9 @@ def validate_tree(
             key, message = cross.key, cross.message
         else:
             key, message = _describe(error, ExperimentSpec)
-        where = _origin(key, origins or {}, overrides or {}, Path(str(source)))
+        where = _origin(key, origins or {}, overrides or {}, None if source is None else Path(str(source)))
         more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise SpecError(f"{where}: {key}: {message}{more}") from None
+        raise SpecError(f"{f'{where}: ' if where else ''}{key}: {message}{more}") from None
 
 
 def load_spec(path: str | Path, overrides: Sequence[str] | Mapping[str, Any] = ()) -> ExperimentSpec:
@@ -401,7 +270,7 @@ def load_spec(path: str | Path, overrides: Sequence[str] | Mapping[str, Any] = (
 def override_spec(spec: ExperimentSpec, overrides: Sequence[str] | Mapping[str, Any]) -> ExperimentSpec:
     """A new spec with overrides applied and the whole tree re-validated."""
     typed = dict(overrides.items()) if isinstance(overrides, Mapping) else dict(map(parse_override, overrides))
-    return validate_tree(apply_overrides(spec_to_dict(spec), typed), "<spec>", None, typed)
+    return validate_tree(apply_overrides(spec_to_dict(spec), typed), None, None, typed)
 
 
 # --------------------------------------------------------------------------- identity
@@ -441,16 +310,51 @@ def config_hash(spec: ExperimentSpec) -> str:
     return _identity(spec, ("tracking", "name"))
 
 
+@functools.lru_cache(maxsize=1)
+def _defaults() -> dict[str, Any]:
+    return flatten(spec_to_dict(ExperimentSpec()))
+
+
+def seed_free_values(spec: ExperimentSpec) -> dict[str, Any]:
+    """The values `config_hash` hashes, less the seed: compute once, then `config_hash_at(values, seed)`."""
+    defaults = _defaults()
+    return {key: value for key, value in flatten(spec_to_dict(spec)).items()
+            if key.split(".")[0] not in ("tracking", "name", "seed") and value != defaults.get(key, _MISSING)}
+
+
+def config_hash_at(values: Mapping[str, Any], seed: int) -> str:
+    """`config_hash` of the spec whose `seed_free_values` are `values`, at `seed` (no validation:
+    a valid spec with another valid seed is valid)."""
+    if not 0 <= seed <= SEED_MAX:
+        raise SpecError(f"seed: expected an integer in 0..{SEED_MAX}, got {seed}")
+    if seed != ExperimentSpec.model_fields["seed"].default:
+        return _hash({**values, "seed": seed})
+    return _hash(dict(values))
+
+
 def arm_hash(spec: ExperimentSpec) -> str:
     """Identity of an ablation arm: `config_hash` without the seed."""
     return _identity(spec, ("tracking", "name", "seed"))
 
 
+def _field_defaults(section: BaseModel, prefix: str = "") -> dict[str, Any]:
+    """Every dotted key below `section` with its value, including keys a section writes only
+    when set (`added_later`)."""
+    out: dict[str, Any] = {}
+    for name in type(section).model_fields:
+        value = getattr(section, name)
+        if isinstance(value, BaseModel):
+            out.update(_field_defaults(value, f"{prefix}{name}."))
+        else:
+            out[f"{prefix}{name}"] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
 def spec_keys() -> dict[str, Any]:
     """Every valid dotted key with its default: what sweep parameters may name (with the weight
     `loss.<name>` of every registered loss term)."""
-    keys = flatten(spec_to_dict(ExperimentSpec()))
-    for name in registry(_LOSS_TERMS).names():
+    keys = _field_defaults(ExperimentSpec())
+    for name in names("loss"):
         keys.setdefault(f"loss.{name}", 0.0)
     return keys
 

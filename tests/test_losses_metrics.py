@@ -39,7 +39,7 @@ def half_mask(b: int = 2, h: int = 32, w: int = 32) -> torch.Tensor:
 
 
 def test_loss_registry_lists_the_terms():
-    assert LOSSES.names() == ["bce", "dice", "double_sigmoid_bce", "focal"]
+    assert LOSSES.names() == ["bce", "dice", "dice_batch", "double_sigmoid_bce", "focal"]
     with pytest.raises(SpecError, match="unknown loss 'dise'.*did you mean 'dice'"):
         LOSSES.get("dise")
 

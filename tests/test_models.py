@@ -1,43 +1,63 @@
-"""Models: shapes and gradients for every registered model and toggle, init statistics, the
-ResNet34 encoder against torchvision, ImageNet weights without network, invalid input sizes."""
+"""Models: shapes and gradients for every registered model and toggle, init statistics and
+signatures, the ResNet34 encoder against torchvision, ImageNet weights without network, invalid
+input sizes."""
 from __future__ import annotations
 
 import math
+import typing
 import urllib.error
 
 import pytest
 import torch
 import torch.nn as nn
 
-from segsweep.errors import CheckpointError, SpecError
-from segsweep.models import DECODERS, MODELS, ResNet34UNet, UNet, build_model, fans, nearest_valid_size
+from segsweep.errors import CheckpointError, SpecError, SpecFieldError
+from segsweep.models import (
+    DECODERS, MODELS, ResNet34UNet, UNet, build_model, fans, init_signature, nearest_valid_size,
+)
 from segsweep.spec import ModelSpec
 
 # A strength-2 covering array over (batchnorm, dropout, head, decoder): every value of every
 # toggle, and every pair of values of two toggles, appears in at least one case.
 COVERING = [(0, 0, 0, 0), (0, 1, 1, 1), (1, 0, 1, 1), (1, 1, 0, 1), (1, 1, 1, 0), (0, 0, 0, 2), (1, 1, 1, 2)]
+INITS = typing.get_args(ModelSpec.model_fields["init"].annotation)
+
+
+def allowed(name: str, key: str, value):
+    """`value` for `model.<key>`, or the one value the model fixes for it (its `fixed`)."""
+    return MODELS.get(name).fixed.get(key, value)
 
 
 def toggle_cases() -> list[tuple[str, bool, float, str, str]]:
+    """The covering array for every model, each toggle projected onto what the model allows."""
     cases = []
     for name in MODELS.names():
         decoders = DECODERS.names() if "decoder" in MODELS.get(name).options else ["unet"]
         for bn, drop, head, dec in COVERING:
-            cases.append((name, bool(bn), (0.0, 0.3)[drop], ("logits", "sigmoid")[head], decoders[dec % len(decoders)]))
+            cases.append((name, allowed(name, "batchnorm", bool(bn)), (0.0, 0.3)[drop], ("logits", "sigmoid")[head],
+                          decoders[dec % len(decoders)]))
     return sorted(set(cases))
 
 
 def tiny(name: str, **kw) -> ModelSpec:
-    return ModelSpec(name=name, base_channels=8, **kw)
+    """The smallest spec of `name`: width 8, unless the model fixes its widths."""
+    return ModelSpec(name=name, base_channels=allowed(name, "base_channels", 8), **kw)
 
 
 def test_every_registered_model_declares_its_rules():
-    """Facts about a model live on its class: a positive size divisor and its own options."""
+    """Facts about a model live on its class: a positive size divisor, its own options and the
+    keys it fixes, which it refuses to vary with one line naming the key."""
     for name in MODELS.names():
         cls = MODELS.get(name)
         assert isinstance(cls.size_divisor, int) and cls.size_divisor >= 1, name
         assert set(cls.options) <= set(ModelSpec.model_fields), name
+        assert set(cls.fixed) <= set(ModelSpec.model_fields) - set(cls.options) - {"name"}, name
         cls.check_spec(tiny(name), cls.size_divisor)  # the defaults are valid for every model
+        for key, only in cls.fixed.items():
+            other = (not only) if isinstance(only, bool) else only // 2
+            with pytest.raises(SpecFieldError) as info:
+                cls.check_spec(tiny(name).model_copy(update={key: other}))
+            assert info.value.key == f"model.{key}" and "\n" not in str(info.value), name
 
 
 def test_unknown_model_name_lists_valid_names():
@@ -71,7 +91,8 @@ def test_forward_shape_range_and_finite_grads(name, batchnorm, dropout, head, de
 def test_dropout_is_active_in_train_mode_only(name):
     torch.manual_seed(0)
     model = build_model(tiny(name, dropout=0.5))
-    x = torch.randn(2, 3, 32, 32)
+    size = max(32, MODELS.get(name).size_divisor)
+    x = torch.randn(2, 3, size, size)
     model.train()
     assert not torch.allclose(model(x), model(x))
     model.eval()
@@ -195,6 +216,57 @@ def test_paper_init_equals_he_normal_for_the_unet():
         torch.manual_seed(3)
         weights[scheme] = build_model(tiny("unet", init=scheme)).state_dict()
     assert all(torch.equal(weights["paper"][k], weights["he_normal"][k]) for k in weights["paper"])
+
+
+def test_equal_init_signatures_build_equal_weights():
+    """`init_signature`: he_normal and paper give the UNet one signature and, at every seed
+    tried, the same weights; head and dropout draw nothing and do not count."""
+    specs = [tiny("unet", init="he_normal"), tiny("unet", init="paper"),
+             tiny("unet", init="paper", head="sigmoid", dropout=0.3)]
+    assert len({init_signature(spec) for spec in specs}) == 1
+    for seed in (0, 1, 7):
+        states = []
+        for spec in specs:
+            torch.manual_seed(seed)
+            states.append(build_model(spec).state_dict())
+        assert all(torch.equal(states[0][k], other[k]) for other in states[1:] for k in states[0])
+
+
+@pytest.mark.parametrize("a,b", [
+    ({"init": "he_fan_out"}, {"init": "paper_fan_in"}),
+    ({"init": "pytorch"}, {"init": "he_normal"}),
+    ({"init": "he_normal"}, {"init": "he_fan_out"}),
+    ({"init": "he_normal"}, {"init": "he_normal", "base_channels": 16}),
+    ({"init": "he_normal"}, {"init": "he_normal", "batchnorm": False}),
+])
+def test_init_signatures_that_differ(a, b):
+    assert init_signature(ModelSpec(**{"base_channels": 8, **a})) != init_signature(ModelSpec(**{"base_channels": 8, **b}))
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_init_signature_of_every_model_and_scheme(name):
+    """Every model has a signature for every scheme, from a meta build (no weights drawn); only
+    `pytorch` re-initialises nothing, and no two schemes agree but `paper` and `he_normal` (on
+    the UNet, where the paper's fan-in rule is He's)."""
+    signatures = {scheme: init_signature(tiny(name, init=scheme)) for scheme in INITS}
+    assert signatures["pytorch"][-1] == ()
+    assert all(signatures[scheme][-1] for scheme in INITS if scheme != "pytorch")
+    others = {scheme: sig for scheme, sig in signatures.items() if scheme != "paper"}
+    assert len(set(others.values())) == len(others)
+    if name == "unet":
+        assert signatures["paper"] == signatures["he_normal"]
+
+
+@pytest.mark.parametrize("scheme,fan", [("he_fan_out", "fan_out"), ("paper_fan_in", "fan_in")])
+def test_study_schemes_on_the_unet(scheme, fan):
+    """The study's two schemes: N(0, 2/fan) on every Conv2d only (torch's fans); transposed convs
+    keep PyTorch's default (U(-1/sqrt(fan), ...) with torch's fan-in = out_channels * 4)."""
+    torch.manual_seed(0)
+    model = build_model(tiny("unet", init=scheme))
+    conv, tconv = model.bottleneck[0][0][0], model.ups[0].up  # 64 -> 128 3x3; 128 -> 64 2x2
+    assert _std_ok(conv.weight, math.sqrt(2 / ({"fan_in": 64, "fan_out": 128}[fan] * 9)))
+    assert _std_ok(tconv.weight, 1 / math.sqrt(3 * 64 * 4))
+    assert torch.count_nonzero(tconv.bias) > 0
 
 
 @pytest.mark.parametrize("scheme,mode", [("paper", "fan_out"), ("he_normal", "fan_in"), ("xavier", "both")])

@@ -124,9 +124,9 @@ def test_registry_lists_entries_and_unregisters() -> None:
 
 
 def test_public_registries_describe_their_entries() -> None:
-    assert set(segsweep.MODELS.describe()) == {"unet", "resnet34_unet"}
+    assert set(segsweep.MODELS.describe()) == {"unet", "resnet34_unet", "study_resnet34_unet"}
     assert segsweep.MODELS.describe()["unet"].startswith("The U-Net")
-    assert segsweep.LOSSES.names() == ["bce", "dice", "double_sigmoid_bce", "focal"]
+    assert segsweep.LOSSES.names() == ["bce", "dice", "dice_batch", "double_sigmoid_bce", "focal"]
 
 
 def test_a_registered_model_is_a_spec_value_with_its_own_divisor(toy_model) -> None:
@@ -142,7 +142,7 @@ def test_a_registered_model_is_a_spec_value_with_its_own_divisor(toy_model) -> N
 
 def test_unknown_model_lists_the_registered_ones(toy_model) -> None:
     with pytest.raises(SpecError, match=r"model.name: unknown model 'tyo'; did you mean 'toy'\? "
-                                        r"valid: 'resnet34_unet', 'toy', 'unet'$"):
+                                        r"valid: 'resnet34_unet', 'study_resnet34_unet', 'toy', 'unet'$"):
         override_spec(segsweep.ExperimentSpec(), {"model.name": "tyo"})
 
 

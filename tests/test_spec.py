@@ -113,7 +113,7 @@ def test_model_options_are_checked_by_the_model() -> None:
 
 def test_unknown_loss_key_lists_the_terms() -> None:
     with pytest.raises(SpecError, match=r"loss.dise: unknown key; did you mean 'dice'\? "
-                                        r"valid keys: bce, dice, focal, focal_gamma, double_sigmoid_bce$"):
+                                        r"valid keys: bce, dice, focal, focal_gamma, dice_batch, double_sigmoid_bce$"):
         override_spec(ExperimentSpec(), {"loss.dise": 1.0})
 
 

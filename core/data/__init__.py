@@ -128,7 +128,8 @@ def _train_drop_last(spec: ExperimentSpec, per_rank: int, source: SplitSource) -
 def build_data(spec: ExperimentSpec, rank: int = 0, world_size: int = 1) -> DataBundle:
     """Loaders for the spec's data: train shuffled by `EpochSampler` (padded shards), val/test in
     order (contiguous shards, no duplicates), evaluation without augmentation. Only the splits a
-    run reads are decoded and checked up front (`data.limit_train`: only those images)."""
+    run reads are decoded and checked up front (`data.limit_train`: only those images). Every
+    split resizes with `data.image_interpolation` / `data.mask_interpolation`."""
     data = spec.data
     sources = build_sources(data)
     used = dict(sources)  # what is decoded: with data.limit_train only those first training images
@@ -137,7 +138,10 @@ def build_data(spec: ExperimentSpec, rank: int = 0, world_size: int = 1) -> Data
     needs_dir = data.cache or data.normalize == "dataset"
     directory = resolve_cache_dir(data.cache_dir, _data_folder(sources, data.root)) if needs_dir else None
     caches, checks = prepare_splits(spec, used, run_splits(spec), directory)
-    if data.normalize == "imagenet":
+    constants = data.norm_constants()  # study, fixed: used as given, nothing computed
+    if constants is not None:
+        mean, std = constants
+    elif data.normalize == "imagenet":
         mean, std = IMAGENET_MEAN, IMAGENET_STD
     elif data.normalize == "dataset":
         mean, std = dataset_stats(used["train"], data.image_size, directory, caches["train"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
@@ -18,10 +19,62 @@ import numpy as np
 from ..spec import AugmentSpec
 
 
+@dataclass(frozen=True)
+class AffineDraw:
+    """One draw of the `per_axis` affine: albumentations' `Affine` parameters (no shear)."""
+
+    angle: float  # degrees, counter-clockwise on screen
+    scale_x: float
+    scale_y: float
+    tx_px: int  # whole pixels, as albumentations truncates `fraction * side`
+    ty_px: int
+
+
+def draw_per_axis(rng: np.random.Generator, spec: AugmentSpec, size: tuple[int, int]) -> AffineDraw:
+    """The `per_axis` parameters for an image of `size` (height, width): as albumentations 2.0's
+    `Affine(keep_ratio=False)` draws them, x and y zooms independently uniform on
+    [1 - scale, 1 + scale], the angle on [-rotate, rotate], each shift uniform on
+    [-translate, translate] x its side, truncated towards 0 to whole pixels."""
+    h, w = size
+    scale_x, scale_y = rng.uniform(1 - spec.scale, 1 + spec.scale, size=2)
+    fx, fy = rng.uniform(-spec.translate, spec.translate, size=2)
+    angle = rng.uniform(-spec.rotate, spec.rotate)
+    return AffineDraw(float(angle), float(scale_x), float(scale_y), int(fx * w), int(fy * h))
+
+
+def affine_matrix(size_hw: tuple[int, int], angle: float, scale_x: float, scale_y: float,
+                  tx_px: float, ty_px: float) -> np.ndarray:
+    """The 2x3 forward matrix (source -> destination pixel) of albumentations 2.0's `Affine`
+    without shear: scale, then rotate by `angle` degrees, about the pixel centre
+    (w / 2 - 0.5, h / 2 - 0.5), then shift by (tx_px, ty_px).
+
+    The products are taken in albumentations' order (centre @ shift @ rotate @ scale @ to-origin,
+    the angle reduced mod 360 first) so the warp matches its output pixel for pixel, not only up
+    to round-off.
+    """
+    h, w = size_hw
+    cx, cy = w / 2 - 0.5, h / 2 - 0.5
+    theta = np.deg2rad(angle % 360)
+    cos, sin = np.cos(theta), np.sin(theta)
+    to_centre = np.array([[1, 0, cx], [0, 1, cy], [0, 0, 1]])
+    shift = np.array([[1, 0, tx_px], [0, 1, ty_px], [0, 0, 1]])
+    rotate = np.array([[cos, sin, 0], [-sin, cos, 0], [0, 0, 1]])
+    scale = np.array([[scale_x, 0, 0], [0, scale_y, 0], [0, 0, 1]])
+    to_origin = np.array([[1, 0, -cx], [0, 1, -cy], [0, 0, 1]])
+    return (to_centre @ shift @ rotate @ scale @ to_origin)[:2]
+
+
+_IDENTITY = np.eye(3)[:2]
+
+
 class GeometricWarp:
-    """Random affine (scale, rotation, translation, as albumentations' `Affine` with
-    `keep_ratio=True` draws them) with probability `affine_p`, then a horizontal flip with
-    probability `hflip_p`, applied as a single warp.
+    """Random affine with probability `affine_p`, then a horizontal flip with probability
+    `hflip_p`, applied as a single warp.
+
+    The affine (`augment.affine`): `isotropic` draws one zoom for both axes and a sub-pixel shift
+    (as albumentations' `Affine` with `keep_ratio=True`, about ((w - 1) / 2, (h - 1) / 2));
+    `per_axis` is albumentations 2.0's `Affine` with its defaults (`keep_ratio=False`, the
+    study's): `draw_per_axis`, `affine_matrix`, and no warp when the matrix is the identity.
 
     Images resample bilinearly, masks with nearest neighbour (values stay in {0, 1, 255}); what
     the warp uncovers is 0 in both.
@@ -35,17 +88,28 @@ class GeometricWarp:
         s, (h, w) = self.spec, size
         matrix = None
         if s.affine_p > 0 and rng.random() < s.affine_p:
-            scale = rng.uniform(1 - s.scale, 1 + s.scale)
-            tx, ty = rng.uniform(-s.translate, s.translate, size=2) * (w, h)
-            angle = rng.uniform(-s.rotate, s.rotate)
-            matrix = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), angle, scale)
-            matrix[:, 2] += (tx, ty)
+            if s.affine == "per_axis":
+                draw = draw_per_axis(rng, s, size)
+                matrix = affine_matrix(size, draw.angle, draw.scale_x, draw.scale_y, draw.tx_px, draw.ty_px)
+                if np.allclose(matrix, _IDENTITY):  # albumentations returns the input unwarped
+                    matrix = None
+            else:
+                scale = rng.uniform(1 - s.scale, 1 + s.scale)
+                tx, ty = rng.uniform(-s.translate, s.translate, size=2) * (w, h)
+                angle = rng.uniform(-s.rotate, s.rotate)
+                matrix = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), angle, scale)
+                matrix[:, 2] += (tx, ty)
         flip = bool(s.hflip_p > 0 and rng.random() < s.hflip_p)
         return matrix, flip
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        return self.warp(image, mask, *self.matrix(rng, mask.shape[:2]))
+
+    @staticmethod
+    def warp(image: np.ndarray, mask: np.ndarray, matrix: np.ndarray | None,
+             flip: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Apply `matrix` (2x3 forward, or None) then the flip, as one resampling."""
         h, w = mask.shape[:2]
-        matrix, flip = self.matrix(rng, (h, w))
         if matrix is None:
             if flip:  # cv2.flip: ~10x faster than copying a negative-stride numpy view
                 return cv2.flip(image, 1), cv2.flip(mask, 1)

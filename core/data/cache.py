@@ -1,8 +1,8 @@
 """Decoded + resized samples in memory-mapped uint8 arrays, and the train split's pixel statistics.
 
-One cache per (dataset, split, size, mask mode), keyed by a fingerprint of the source files
-(names, sizes, mtimes, split order) and `LOADER_VERSION`, so a changed source simply gets a new
-cache. Files are written under temporary names and renamed into place; the `.json` written last
+One cache per (dataset, split, size, mask mode, resizing), keyed by a fingerprint of the source
+files (names, sizes, mtimes, split order) and `LOADER_VERSION`, so a changed source simply gets a
+new cache. Files are written under temporary names and renamed into place; the `.json` written last
 marks a complete cache.
 """
 from __future__ import annotations
@@ -22,7 +22,15 @@ from typing import Any, Callable
 import numpy as np
 
 from .masks import MaskCheck
-from .sources import LOADER_VERSION, SplitSource, check_sample, load_checked, load_sample
+from .sources import (
+    DEFAULT_IMAGE_INTERPOLATION,
+    DEFAULT_MASK_INTERPOLATION,
+    LOADER_VERSION,
+    SplitSource,
+    check_sample,
+    load_checked,
+    load_sample,
+)
 from ..errors import DataError
 
 CACHE_SUBDIR = ".segsweep_cache"
@@ -62,15 +70,27 @@ def resolve_cache_dir(cache_dir: str | None, root: Path) -> Path:
                     "set data.cache_dir or data.cache=false")
 
 
+def resize_tag(source: SplitSource) -> list[str]:
+    """The source's resizing where it is not the default, e.g. ['image_linear', 'mask_nearest']:
+    part of the cache key only then, so keys made before these settings existed stay valid."""
+    tags = [("image", source.image_interpolation, DEFAULT_IMAGE_INTERPOLATION),
+            ("mask", source.mask_interpolation, DEFAULT_MASK_INTERPOLATION)]
+    return [f"{what}_{rule}" for what, rule, default in tags if rule != default]
+
+
 def cache_key(source: SplitSource, size: int) -> str:
-    """'<dataset>-<split>-<size>px-<mask mode>-<fingerprint>' of exactly what load_sample reads."""
+    """'<dataset>-<split>-<size>px-<mask mode>[-image_<rule>][-mask_<rule>]-<fingerprint>' of
+    exactly what load_sample reads (the resizing named only where it is not the default)."""
+    resizing = resize_tag(source)
     digest = hashlib.sha256()
-    digest.update(json.dumps([LOADER_VERSION, source.dataset, source.split, size, source.mask_mode]).encode())
+    digest.update(json.dumps([LOADER_VERSION, source.dataset, source.split, size, source.mask_mode,
+                              *([resizing] if resizing else [])]).encode())
     for sample in source.samples:
         for path in (sample.image, sample.mask):
             stat = path.stat()
             digest.update(f"{sample.id}\0{path.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return f"{source.dataset}-{source.split}-{size}px-{source.mask_mode}-{digest.hexdigest()[:16]}"
+    mode = "-".join([source.mask_mode, *resizing])
+    return f"{source.dataset}-{source.split}-{size}px-{mode}-{digest.hexdigest()[:16]}"
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,8 @@ Adding a dataset is one file: a function `(data: DataSpec) -> {"train": SplitSou
 """
 from __future__ import annotations
 
+import dataclasses
+
 from pathlib import Path
 
 from ..errors import DataError
@@ -20,8 +22,11 @@ DATASETS = Registry("dataset")
 
 
 def build_sources(data: DataSpec) -> dict[str, SplitSource]:
-    """The files of each split; generates synthetic data or downloads Oxford pets when asked."""
-    return DATASETS.get(data.name)(data)
+    """The files of each split, resized by `data.image_interpolation` / `data.mask_interpolation`;
+    generates synthetic data or downloads Oxford pets when asked."""
+    return {split: dataclasses.replace(source, image_interpolation=data.image_interpolation,
+                                       mask_interpolation=data.mask_interpolation)
+            for split, source in DATASETS.get(data.name)(data).items()}
 
 
 def _root(data: DataSpec) -> Path:

@@ -22,6 +22,13 @@ LOADER_VERSION = 2  # 2: masks read with PIL (palette PNGs by index), colour mas
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MaskKind = Literal["trimap", "binary"]
 
+# Resizing to data.image_size (`data.image_interpolation`, `data.mask_interpolation`); the first
+# entry of each is the default. The image rule is (shrinking, enlarging).
+IMAGE_INTERPOLATION = {"area_linear": (cv2.INTER_AREA, cv2.INTER_LINEAR), "linear": (cv2.INTER_LINEAR,) * 2}
+MASK_INTERPOLATION = {"nearest_exact": cv2.INTER_NEAREST_EXACT, "nearest": cv2.INTER_NEAREST}
+DEFAULT_IMAGE_INTERPOLATION = next(iter(IMAGE_INTERPOLATION))
+DEFAULT_MASK_INTERPOLATION = next(iter(MASK_INTERPOLATION))
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -42,6 +49,8 @@ class SplitSource:
     foreground_value: int | None = None  # folder masks only
     mask_channel: int | None = None  # folder colour masks: the channel read by value
     foreground_color: tuple[int, int, int] | None = None  # folder colour masks: the foreground colour
+    image_interpolation: str = DEFAULT_IMAGE_INTERPOLATION  # data.image_interpolation
+    mask_interpolation: str = DEFAULT_MASK_INTERPOLATION  # data.mask_interpolation
 
     @property
     def ids(self) -> list[str]:
@@ -272,20 +281,39 @@ def read_mask(path: Path, source: SplitSource) -> tuple[np.ndarray, np.ndarray]:
     return trimap_to_mask(raw, source.mask_mode), values
 
 
-def resize_image(image: np.ndarray, size: int) -> np.ndarray:
-    """Squash to (size, size): area averaging when shrinking, bilinear when enlarging."""
+def _flag(table: dict[str, Any], name: str, key: str) -> Any:
+    """cv2's flag(s) for an interpolation name (the spec has checked it; this guards direct calls)."""
+    if name not in table:
+        raise ValueError(f"{key}: unknown interpolation {name!r}; expected one of {', '.join(table)}")
+    return table[name]
+
+
+def resize_image(image: np.ndarray, size: int, interpolation: str = DEFAULT_IMAGE_INTERPOLATION) -> np.ndarray:
+    """Squash to (size, size). `area_linear`: area averaging when shrinking (either side),
+    bilinear when enlarging; `linear`: bilinear always (albumentations' `Resize`)."""
     h, w = image.shape[:2]
     if (h, w) == (size, size):
         return np.ascontiguousarray(image)
-    shrink = size < h or size < w
-    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    shrink, enlarge = _flag(IMAGE_INTERPOLATION, interpolation, "data.image_interpolation")
+    return cv2.resize(image, (size, size), interpolation=shrink if size < h or size < w else enlarge)
 
 
-def resize_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """`resize_image`, and pixel-centred nearest neighbour for the mask (255 never blends into 0/1)."""
-    if mask.shape != (size, size):
-        mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST_EXACT)
-    return resize_image(image, size), np.ascontiguousarray(mask)
+def resize_mask(mask: np.ndarray, size: int, interpolation: str = DEFAULT_MASK_INTERPOLATION) -> np.ndarray:
+    """Squash to (size, size) by nearest neighbour, so 255 never blends into 0/1: `nearest_exact`
+    samples at pixel centres; `nearest` is cv2's INTER_NEAREST, albumentations' `Resize` default
+    (the floor of the scaled index: up to half an output pixel up and left of the image)."""
+    if mask.shape[:2] == (size, size):
+        return np.ascontiguousarray(mask)
+    flag = _flag(MASK_INTERPOLATION, interpolation, "data.mask_interpolation")
+    return cv2.resize(mask, (size, size), interpolation=flag)
+
+
+def resize_pair(image: np.ndarray, mask: np.ndarray, size: int,
+                source: SplitSource | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """`resize_image` and `resize_mask` with the source's interpolation (the defaults without one)."""
+    image_rule = source.image_interpolation if source else DEFAULT_IMAGE_INTERPOLATION
+    mask_rule = source.mask_interpolation if source else DEFAULT_MASK_INTERPOLATION
+    return resize_image(image, size, image_rule), resize_mask(mask, size, mask_rule)
 
 
 def _check_sizes(sample: Sample, image_hw: tuple[int, int], mask_hw: tuple[int, int]) -> None:
@@ -302,7 +330,7 @@ def load_checked(sample: Sample, source: SplitSource, size: int) -> tuple[np.nda
     mask, values = read_mask(sample.mask, source)
     _check_sizes(sample, image.shape[:2], mask.shape[:2])
     has_foreground = bool((mask == 1).any())
-    image, mask = resize_pair(image, mask, size)
+    image, mask = resize_pair(image, mask, size, source)
     return image, mask, values, has_foreground
 
 
@@ -326,6 +354,5 @@ def check_sample(sample: Sample, source: SplitSource, size: int) -> tuple[np.nda
     mask, values = read_mask(sample.mask, source)
     _check_sizes(sample, (height, width), mask.shape[:2])
     has_foreground = bool((mask == 1).any())
-    if mask.shape != (size, size):
-        mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST_EXACT)
+    mask = resize_mask(mask, size, source.mask_interpolation)
     return values, has_foreground, not bool((mask == 1).any())

@@ -2,6 +2,8 @@
 (`SegmentationModel`): its input-size divisor and its own spec options live on the class."""
 from __future__ import annotations
 
+from typing import Any, ClassVar, Mapping
+
 import torch
 import torch.nn as nn
 
@@ -43,12 +45,15 @@ class SegmentationModel(nn.Module):
 
     A subclass sets `size_divisor` (H and W must be multiples of it), lists in `options` the
     model-specific `model.*` keys it takes (every other model rejects a non-default value of
-    them), and implements `from_spec`. `build_model` calls `check_spec`, then `from_spec`, then
-    `reset_parameters(model.init)` unless the init is `pytorch`.
+    them), in `fixed` the `model.*` keys it does not let vary, with the one value it takes (a
+    reproduction with fixed widths: `{"base_channels": 64}`), and implements `from_spec`.
+    `build_model` calls `check_spec`, then `from_spec`, then `reset_parameters(model.init)` unless
+    the init is `pytorch`.
     """
 
     size_divisor: int = 1
     options: tuple[str, ...] = ()
+    fixed: ClassVar[Mapping[str, Any]] = {}
 
     @classmethod
     def from_spec(cls, spec: ModelSpec, in_channels: int = 3) -> "SegmentationModel":
@@ -56,8 +61,12 @@ class SegmentationModel(nn.Module):
 
     @classmethod
     def check_spec(cls, spec: ModelSpec, image_size: int | None = None) -> None:
-        """Raise `SpecFieldError` (with the dotted key) for options this model cannot take, and
-        for an `image_size` that is not a multiple of `size_divisor`."""
+        """Raise `SpecFieldError` (with the dotted key) for options this model cannot take, for a
+        `fixed` key set otherwise, and for an `image_size` that is not a multiple of `size_divisor`."""
+        for key, only in cls.fixed.items():
+            if getattr(spec, key) != only:
+                raise SpecFieldError(f"model.{key}", f"{spec.name} takes only {key}={only!r} (fixed by the "
+                                     f"network it reproduces); got {getattr(spec, key)!r}")
         for key in model_specific_options():
             value, default = getattr(spec, key), type(spec).model_fields[key].default
             if key not in cls.options and value != default:

@@ -48,7 +48,8 @@ class LabDecoder(nn.Module):
 
 @DECODERS.register("unet")
 class UNetDecoder(nn.Module):
-    """The plain UNet decoder on the ResNet34 features (the study's reading): Dropout2d on
+    """A plain UNet decoder on the ResNet34 features (not the study's network, which is
+    `study_resnet34_unet`: its own residual blocks and a 1024-channel bottleneck): Dropout2d on
     layer4's output, then up-steps to 4w / 2w / w / w channels with skips from layer3, layer2,
     layer1 and the stem conv (1/2), and one more up-step without skip to full resolution at w/2.
     w = 64 gives 256/128/64/64/32."""

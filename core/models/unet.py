@@ -1,6 +1,9 @@
 """The U-Net of Ronneberger et al. 2015 (`model.name: unet`)."""
 from __future__ import annotations
 
+import itertools
+from typing import Iterator
+
 import torch
 import torch.nn as nn
 
@@ -39,6 +42,13 @@ class UNet(SegmentationModel):
     @classmethod
     def from_spec(cls, spec: ModelSpec, in_channels: int = 3) -> "UNet":
         return cls(in_channels, spec.base_channels, spec.batchnorm, spec.dropout, spec.head)
+
+    def study_order(self) -> Iterator[nn.Module]:
+        """Modules in the order the study's UNet registers them (encoder, up-steps, bottleneck,
+        head), which its initialisation walks: seeded `he_fan_out` / `paper_fan_in` builds draw
+        the study's weights bit for bit."""
+        return itertools.chain(self.downs.modules(), self.ups.modules(), self.bottleneck.modules(),
+                               self.head.modules())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input_size("unet", self.size_divisor, x.shape[-2], x.shape[-1])

@@ -10,8 +10,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..format import fmt_float, format_level
-from .design import Study
-from .inference import ArmSummary
+from ..analysis.arms import Study
+from ..analysis.inference import ArmSummary
 from .markdown import distinct, table
 from .records import RunRecord
 
@@ -154,7 +154,7 @@ def double_sigmoid_lines(runs: Sequence[RunRecord], arm_of: Mapping[int, str] | 
     return [
         f"- **Double sigmoid:** {where}{len(marked)} run{'s' if len(marked) > 1 else ''} trained with "
         f"`loss.double_sigmoid_bce`: {DOUBLE_SIGMOID}, "
-        "reproducing the study's loss on purpose; its BCE term is not the usual BCE, so those arms measure the "
+        "reproducing the study's BCE term on purpose; it is not the usual BCE, so those arms measure the "
         "study's training, not a correct sigmoid head."
     ]
 

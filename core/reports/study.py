@@ -19,10 +19,10 @@ from ..format import fmt_float, fmt_interval, fmt_value
 from ..record import atomic_write_text
 from .honesty import DOUBLE_SIGMOID, double_sigmoid, double_sigmoid_lines
 from .figures import default_style, plot_final_curves, plot_history, plot_optuna
-from .inference import importance_evaluator
+from ..analysis.inference import importance_evaluator
 from .markdown import relative_path, table
 from .records import ReportError, RunRecord, completed_trials, find_run_dirs, load_optuna_study, load_run, read_sweep_spec
-from .stats import mean_sd, t_interval
+from ..analysis.stats import mean_sd, t_interval
 
 TOP_TRIALS = 10
 # Keys fixed by every trial that say how a trial ran rather than what it trained.
@@ -178,7 +178,7 @@ def _double_sigmoid_trials(sweep: Mapping[str, Any], params: Mapping[str, Any]) 
         where = f"every trial trained (the base experiment sets `loss.double_sigmoid_bce: {base:g}`)"
     else:
         return []
-    return [f"- **Double sigmoid:** {where} with {DOUBLE_SIGMOID}, the study's loss reproduced on purpose, not a "
+    return [f"- **Double sigmoid:** {where} with {DOUBLE_SIGMOID}, the study's BCE term reproduced on purpose, not a "
             "correct sigmoid head.", ""]
 
 

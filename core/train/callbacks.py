@@ -137,7 +137,8 @@ class TimeBudget(Callback):
 
 class Checkpoints(Callback):
     """last.pt after every epoch (and a partial one when a signal stops an epoch part-way);
-    the top-k by val/dice as best.pt, best-2.pt, ... (a new best is a hard link to last.pt).
+    the top-k by `checkpoint.monitor` (epochs above `checkpoint.floor` only) as best.pt,
+    best-2.pt, ... (a new best is a hard link to last.pt).
 
     An epoch's last.pt is serialised in line (to a temporary file), then fsynced, renamed into
     place and linked into the top k on a background thread while the next epoch trains: on two
@@ -172,15 +173,19 @@ class Checkpoints(Callback):
     def on_epoch_end(self, state: TrainState, row: dict[str, float]) -> None:
         if state.is_main:  # the epoch's state, before anything reports on it
             self.payload = state.checkpoint()
-            self.payload["state"]["topk"] = [list(e) for e in self.topk.after_offer(row["val/dice"], row["epoch"])]
+            score = state.score(row)
+            entries = self.topk.after_offer(score, row["epoch"]) if state.keeps(score) else self.topk.entries
+            self.payload["state"]["topk"] = [list(e) for e in entries]
 
     def on_epoch_decided(self, state: TrainState, row: dict[str, float]) -> None:
         if not state.is_main or self.payload is None:
             return
         payload, self.payload = self.payload, None
-        score, epoch = row["val/dice"], row["epoch"]
+        score, epoch = state.score(row), row["epoch"]
+        kept = state.keeps(score)  # below checkpoint.floor: never a best file
         if not self.save_last:
-            self.topk.offer(score, epoch, payload)
+            if kept:
+                self.topk.offer(score, epoch, payload)
             return
         # A final stop is part of the state: resuming a finished run only re-tests it.
         payload["state"]["stop"] = self.stop.state_dict()["stop"]
@@ -190,7 +195,8 @@ class Checkpoints(Callback):
         def finish() -> None:
             rename()
             # A new best is a hard link to last.pt: no second write of the same state.
-            self.topk.offer(score, epoch, None, same_as=self.last)
+            if kept:
+                self.topk.offer(score, epoch, None, same_as=self.last)
 
         self.saver.submit(finish)  # fsync, rename and link on the saver's thread
 

@@ -170,20 +170,28 @@ def _evaluate(state: TrainState, callbacks: Callback, stop: StopController, spli
 
 
 def test_best(state: TrainState, callbacks: Callback, stop: StopController, status: str) -> str:
-    """Test the best checkpoint (chosen on validation) once, unless the spec keeps the test
-    split out (a study tuning on val); returns the status (interrupted if a signal cut it short).
+    """Test the best checkpoint (chosen on validation by `checkpoint.monitor`) once, unless the
+    spec keeps the test split out (a study tuning on val); returns the status (interrupted if a
+    signal cut it short). When `checkpoint.floor` kept no epoch, the last epoch's weights are
+    tested instead and summary.json says so (`floor_passed: false`).
 
     Rank 0 decides and loads best.pt; the other ranks get its weights (no shared disk needed).
     """
     best_path = state.run_dir / "checkpoints" / "best.pt"
-    if not main_value(state.spec.train.final_test and status in TESTED_STATUSES and best_path.exists()):
+    below_floor = state.spec.checkpoint.floor is not None and state.best["epoch"] == 0 and state.epoch > 0
+    if state.spec.checkpoint.floor is not None:
+        state.summary["floor_passed"] = not below_floor
+    testable = best_path.exists() or (below_floor and status != "diverged")
+    if not main_value(state.spec.train.final_test and status in TESTED_STATUSES and testable):
         return status
     # The weights in memory are best.pt's when the best epoch is the last one saved and no step
-    # ran after it (a divergence stops part-way into an epoch): no reload then.
-    if not (status != "diverged" and state.best["epoch"] == state.epoch and state.epoch > 0):
+    # ran after it (a divergence stops part-way into an epoch): no reload then. Below the floor
+    # they are the last epoch's, which are what is tested.
+    if not below_floor and not (status != "diverged" and state.best["epoch"] == state.epoch and state.epoch > 0):
         if state.is_main:
             load_model_state(unwrap(state.model), load_checkpoint(best_path)["model"], best_path)
         broadcast_module(unwrap(state.model))
+    state.summary["tested_epoch"] = state.epoch if below_floor else state.best["epoch"]
     test = _evaluate(state, callbacks, stop, "test", "test")
     if stop.agreed()[0]:  # resuming will test again
         return "interrupted"
@@ -200,11 +208,20 @@ def finish(state: TrainState, callbacks: Callback, status: str, error: str | Non
     to write (a full disk) is reported on stderr rather than hiding the original error.
     """
     summary = {**state.summary}
+    # val/dice (and the monitored metric) describe the weights tested: the best epoch kept, or
+    # the last one when checkpoint.floor kept none.
+    tested = state.best_row() or (state.history[-1] if summary.get("floor_passed") is False and state.history else None)
     summary.update({
         "status": status, "best_epoch": state.best["epoch"],
-        "val/dice": state.best["val/dice"] if state.best["epoch"] else float("nan"),
+        "val/dice": tested["val/dice"] if tested else float("nan"),
         "epochs_run": len(state.history), "wall_s": round(state.elapsed(), 3),
     })
+    monitor = state.spec.checkpoint.monitor
+    if monitor != "val/dice":
+        summary["checkpoint_monitor"] = monitor
+        summary[monitor] = tested[monitor] if tested else float("nan")
+    if state.spec.checkpoint.floor is not None:
+        summary["checkpoint_floor"] = state.spec.checkpoint.floor
     for key in TEST_KEYS:
         summary.setdefault(key, float("nan"))
     if error:

@@ -62,7 +62,8 @@ class TrainState:
     callbacks: Any = None  # the CallbackList whose state_dicts join the checkpoint
     epoch: int = 0  # epochs completed
     step: int = 0  # optimiser steps taken
-    best: dict[str, float] = field(default_factory=lambda: {"val/dice": -math.inf, "epoch": 0})
+    # The best epoch kept so far by `checkpoint.monitor` (above `checkpoint.floor`); epoch 0: none yet
+    best: dict[str, float] = field(default_factory=lambda: {"score": -math.inf, "epoch": 0})
     bad_epochs: int = 0  # epochs since the best
     history: list[dict[str, float]] = field(default_factory=list)  # metrics.csv rows
     progress: EpochProgress = field(default_factory=EpochProgress)  # into epoch `epoch + 1`
@@ -146,11 +147,26 @@ class TrainState:
         self.epoch = row["epoch"]
         self.progress = EpochProgress()
         self.schedule.end_epoch(row["val/dice"])
-        if row["val/dice"] > self.best["val/dice"]:
-            self.best = {"val/dice": row["val/dice"], "epoch": row["epoch"]}
+        score = self.score(row)
+        if self.keeps(score) and score > self.best["score"]:
+            self.best = {"score": score, "epoch": row["epoch"]}
             self.bad_epochs = 0
         else:
             self.bad_epochs += 1
+
+    def score(self, row: dict[str, float]) -> float:
+        """The epoch's `checkpoint.monitor` value (higher is better)."""
+        return float(row[self.spec.checkpoint.monitor])
+
+    def keeps(self, score: float) -> bool:
+        """Whether an epoch with this score may be kept: above `checkpoint.floor`, if set (the
+        study kept an epoch only when its validation Dice was above 0.7)."""
+        floor = self.spec.checkpoint.floor
+        return floor is None or score > floor
+
+    def best_row(self) -> dict[str, float] | None:
+        """The metrics.csv row of the best epoch kept, or None when none was."""
+        return next((r for r in self.history if r["epoch"] == self.best["epoch"]), None)
 
     def partial(self, epoch: int) -> dict[str, Any]:
         """How far a stopped epoch got (saved in last.pt: the resumed run continues from it)."""
@@ -160,7 +176,7 @@ class TrainState:
 
     def checkpoint(self, partial: dict[str, Any] | None = None) -> dict[str, Any]:
         """last.pt / best.pt contents after `epoch` epochs (+ `partial` progress into the next)."""
-        own = {"best_val": self.best["val/dice"], "best_epoch": self.best["epoch"], "bad_epochs": self.bad_epochs,
+        own = {"best_val": self.best["score"], "best_epoch": self.best["epoch"], "bad_epochs": self.bad_epochs,
                "step": self.step, "history": [dict(r) for r in self.history], "elapsed_s": self.elapsed()}
         merged = {**own, **(self.callbacks.state_dict() if self.callbacks is not None else {})}
         resume = {key: merged.pop(key) for key in STATE_KEYS if key in merged}
@@ -185,7 +201,7 @@ class TrainState:
             self.scaler.load_state_dict(payload["scaler"])
         self.schedule.load_state_dict(payload["schedule"])
         s = payload["state"]
-        self.best = {"val/dice": float(s["best_val"]), "epoch": int(s["best_epoch"])}
+        self.best = {"score": float(s["best_val"]), "epoch": int(s["best_epoch"])}
         self.bad_epochs, self.step = int(s["bad_epochs"]), int(s["step"])
         self.epoch = int(payload["epoch"])
         self.history = ([dict(r) for r in s["history"]] if "history" in s
