@@ -1,5 +1,6 @@
-"""Adaptive seeds end to end: a planted-effect grid with `seeds: {..., until: conclusive}` runs in
-rounds, adds seeds only where a comparison is open, and survives a killed command."""
+"""Sweeps in rounds end to end: a planted-effect grid with `seeds: {..., until: conclusive}` and a
+planted fraction with side arms run round after round, analysed between rounds by the report's
+own analysis, until the rule stops them; they survive a killed command and a killed worker."""
 from __future__ import annotations
 
 import json
@@ -22,10 +23,10 @@ from segsweep.sweeps.spec import load_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "experiments" / "quickstart.yaml"
-# optim.lr level -> (planted effect on test Dice, seed noise sd). The baseline level is 0.003, the
-# quickstart's own lr (the base experiment's value, as the report picks it), not 0.001, the first
-# of four levels every cell shares equally.
-PLANTED = {0.001: (0.0, 1e-5), 0.002: (0.2, 1e-5), 0.003: (0.0, 1e-5), 0.004: (0.002, 0.02)}
+# optim.lr level -> (planted effect on test Dice, seed noise sd). The baseline cell is lr 0.003, the
+# quickstart's own (the base experiment's): the implicit claims compare every other cell with it.
+PLANTED = {0.001: (0.0, 0.003), 0.002: (0.2, 0.003), 0.003: (0.0, 0.003), 0.004: (0.012, 0.003)}
+DIVERGE = os.environ.get("ADAPTIVE_DIVERGE")  # "lr seed": that trial diverges without a checkpoint
 
 
 def planted_fit(spec: Any, run_dir: Any, tracker: Any = None, on_epoch_end: Any = None) -> Any:
@@ -39,7 +40,7 @@ def planted_fit(spec: Any, run_dir: Any, tracker: Any = None, on_epoch_end: Any 
         with open(os.environ["ADAPTIVE_LOG"], "a") as fh:
             fh.write(f"{config_hash(spec)} {spec.seed}\n")
     hang = os.environ.get("ADAPTIVE_HANG")
-    if hang and spec.seed >= 3:
+    if hang and spec.seed >= int(os.environ.get("ADAPTIVE_HANG_MIN_SEED", "3")):
         try:
             fd = os.open(hang, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
@@ -48,9 +49,12 @@ def planted_fit(spec: Any, run_dir: Any, tracker: Any = None, on_epoch_end: Any 
             os.write(fd, str(os.getpid()).encode())
             os.close(fd)
             time.sleep(300)
-    effect, sd = PLANTED[round(spec.optim.lr, 6)]
+    effect, sd = PLANTED.get(round(spec.optim.lr, 6), (0.0, 0.003))
     noise = np.random.default_rng([spec.seed, int(round(spec.optim.lr * 1e6))]).normal(0.0, sd)
-    dice = 0.7 + effect + float(noise)
+    dice = 0.7 + effect + float(noise) - (0.05 if not spec.model.batchnorm else 0.0)
+    if os.environ.get("ADAPTIVE_DIVERGE") == f"{spec.optim.lr:g} {spec.seed}":
+        write_record(spec, Path(run_dir), None, status="diverged")
+        return RunResult("diverged", Path(run_dir), 0, {"test/dice": float("nan"), "epochs_run": 1, "wall_s": 0.0})
     if on_epoch_end is not None:
         on_epoch_end(1, {"val/dice": dice, "val/loss": 1 - dice})
     write_record(spec, Path(run_dir), dice)
@@ -58,15 +62,16 @@ def planted_fit(spec: Any, run_dir: Any, tracker: Any = None, on_epoch_end: Any 
     return RunResult("completed", Path(run_dir), 1, metrics)
 
 
-def write_record(spec: Any, run_dir: Path, dice: float) -> None:
+def write_record(spec: Any, run_dir: Path, dice: float | None, status: str = "completed") -> None:
     """config.yaml and summary.json as the trainer writes them, so the ablation report can read the sweep."""
-    from segsweep.spec import spec_to_dict
+    from segsweep.spec import arm_hash, spec_to_dict
 
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(spec_to_dict(spec), sort_keys=False))
     (run_dir / "summary.json").write_text(json.dumps({
-        "status": "completed", "name": spec.name, "seed": spec.seed, "best_epoch": 1, "val/dice": dice,
+        "status": status, "name": spec.name, "seed": spec.seed, "best_epoch": 1, "val/dice": dice,
         "test/dice": dice, "test/dice_global": dice, "epochs_run": 1, "wall_s": 0.0, "run_dir": str(run_dir),
+        "arm_hash": arm_hash(spec),
     }))
 
 
@@ -74,7 +79,7 @@ def write_adaptive(path: Path, **fields: Any) -> Path:
     tree: dict[str, Any] = {
         "name": path.stem, "experiment": str(QUICKSTART), "method": "grid",
         "parameters": {"optim.lr": {"values": list(PLANTED)}},
-        "seeds": {"initial": [0, 1, 2], "max": 9, "step": 3, "until": "conclusive", "margin": 0.005, "alpha": 0.05},
+        "seeds": {"initial": [0, 1, 2], "max": 12, "step": 3, "until": "conclusive", "margin": 0.01, "alpha": 0.05},
         "optuna": {"heartbeat_interval": 1, "grace_period": 2},
     }
     tree.update(fields)
@@ -91,91 +96,119 @@ def completed(sweep_dir: Path, name: str) -> Counter:
                    if t.state == optuna.trial.TrialState.COMPLETE)
 
 
-def planned_hashes(path: Path, record: dict) -> set[str]:
+def planned_hashes(path: Path, record: Any) -> set[str]:
+    """The config hashes of every run of the rounds the record says were done."""
     sweep = load_sweep(path)
     cells = {c.label: c for c in sweep.cells}
-    return {cell_config_hash(sweep, cells[label], s)[0] for label, seeds in record["seeds"].items() for s in seeds}
+    rounds = record["rounds_done"] if isinstance(record, dict) else record.rounds_done
+    return {cell_config_hash(sweep, cells[r.cell], r.seed)[0] for r in sweep.design.runs_through(rounds)}
 
 
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("ADAPTIVE_LOG", "ADAPTIVE_HANG"):
+    """No planted behaviour left over, and the code unchanged between rounds (an edit of the
+    working tree while a test runs would otherwise stop its rounds)."""
+    import segsweep.record
+
+    state = segsweep.record.code_state()
+    monkeypatch.setattr(segsweep.record, "code_state", lambda: state)
+    for var in ("ADAPTIVE_LOG", "ADAPTIVE_HANG", "ADAPTIVE_DIVERGE", "ADAPTIVE_HANG_MIN_SEED"):
         monkeypatch.delenv(var, raising=False)
 
 
 def test_schedule_is_validated_with_one_line_naming_the_key(tmp_path: Path) -> None:
     cases = {
-        "seeds.maxx": {"initial": [0, 1], "maxx": 4},
-        "seeds.max": {"initial": [0, 1, 2], "max": 2},
-        "seeds.initial": {"initial": [0, 0], "max": 4},
-        "seeds.until": {"initial": [0, 1], "max": 4, "until": "forever"},
+        "seeds.maxx": ({"initial": [0, 1], "maxx": 4}, "did you mean 'max'"),
+        "seeds.max": ({"initial": [0, 1, 2], "max": 2}, "below the 3 initial seeds"),
+        "seeds.initial": ({"initial": [0, 0], "max": 4}, "distinct integers"),
+        "seeds.until": ({"initial": [0, 1], "max": 4, "until": "forever"}, "conclusive"),
+        "seeds.budget.hourz": ({"initial": [0, 1], "max": 4, "budget": {"hourz": 1}}, "valid keys: trials, hours"),
     }
-    for key, seeds in cases.items():
+    for key, (seeds, says) in cases.items():
         with pytest.raises(SpecError) as info:
             load_sweep(write_adaptive(tmp_path / "bad.yaml", seeds=seeds))
-        assert f"bad.yaml: {key}:" in str(info.value) and "\n" not in str(info.value)
+        assert f"bad.yaml: {key}:" in str(info.value) and says in str(info.value) and "\n" not in str(info.value)
     with pytest.raises(SpecError, match="seeds: a seed schedule adds seeds to grid cells"):
         load_sweep(write_adaptive(tmp_path / "bad.yaml", method="random", run_cap=2,
                                   parameters={"optim.lr": {"min": 0.001, "max": 0.01}}))
     sweep = load_sweep(write_adaptive(tmp_path / "ok.yaml"))
-    assert sweep.seeds == tuple(range(9)) and sweep.spec.seeds.looks() == (3, 6, 9)
+    assert sweep.seeds == tuple(range(12)) and sweep.design.looks() == (1, 2, 3, 4)
+    assert [r.seed for r in sweep.design.runs(2) if r.cell == "optim.lr=0.003"] == [3, 4, 5]
 
 
-def test_planted_effects_stop_where_they_should(tmp_path: Path, clean_env: None) -> None:
+@pytest.mark.parametrize("seeds, key, says", [
+    ({"initial": [0, 1], "max": 4, "margin": 5}, "seeds.margin", "equivalence margin in test Dice in (0, 0.1]"),
+    ({"initial": [0, 1], "max": 4, "margin": float("inf")}, "seeds.margin", "finite number"),
+    ({"initial": [0, 1], "max": 4, "margin": 0}, "seeds.margin", "(0, 0.1]"),
+    ({"initial": [0, 1], "max": 4, "alpha": 0.5}, "seeds.alpha", "error rate in (0, 0.2]"),
+    ({"initial": [0, 1], "max": 4, "alpha": float("nan")}, "seeds.alpha", "finite number"),
+    ({"initial": [0, 1], "max": 4, "primary_share": 1.0}, "seeds.primary_share", "[0.5, 0.95]"),
+    ({"initial": [0, 1], "max": 4, "budget": {"hours": 1e9}}, "seeds.budget.hours", "number of hours"),
+    ({"initial": [0, 1], "max": 4, "budget": {"trials": 0}}, "seeds.budget.trials", "number of trials"),
+    ({"initial": [0, 1], "max": 1_000_000_000}, "seeds.max", "1000"),
+    ({"initial": [0, 1], "max": 20_000_000}, "seeds.max", "1000"),
+    ({"initial": [4294967290, 4294967291], "max": 10}, "seeds.max", "above 4294967295"),
+    ({"initial": [0, 1], "max": 4, "step": 5000}, "seeds.step", "1000"),
+])
+def test_a_statistical_setting_out_of_its_range_is_refused_before_anything_is_built(
+        tmp_path: Path, seeds: dict, key: str, says: str) -> None:
+    """A margin of 5 (5% meant), an infinite one, an alpha of 0.5, a budget of a billion hours or a
+    `max` of a billion seeds: one line naming the key and the range, and no plan materialised."""
+    import tracemalloc
+
+    tracemalloc.start()
+    with pytest.raises(SpecError) as info:
+        load_sweep(write_adaptive(tmp_path / "bad.yaml", seeds=seeds))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert f"bad.yaml: {key}:" in str(info.value) and says in str(info.value) and "\n" not in str(info.value)
+    assert peak < 50_000_000  # nothing the size of the schedule was built
+
+
+def test_planted_effects_are_settled_in_whole_rounds(tmp_path: Path, clean_env: None) -> None:
+    from segsweep.analysis import SequentialRecord
+    from segsweep.reports.ablation import write_report
     from segsweep.sweeps import run_sweep
 
     path = write_adaptive(tmp_path / "planted.yaml")
     lines: list[str] = []
     outcome = run_sweep(path, results=tmp_path / "r", fit_fn=planted_fit, echo=lines.append)
     assert outcome.exit_code == 0 and outcome.pending == 0
-    record = json.loads((outcome.sweep_dir / "sequential.json").read_text())
-    verdicts = {c["comparison"]: c for c in record["comparisons"]}
-    assert set(verdicts) == {f"optim.lr: {lv} vs 0.003" for lv in ("0.001", "0.002", "0.004")}
-    null, large, noisy = (verdicts[f"optim.lr: {lv} vs 0.003"] for lv in ("0.001", "0.002", "0.004"))
-    assert large["verdict"] == "better" and large["seeds"] == 3 and large["looks"] == [3]
-    assert null["verdict"] == "equivalent"
-    assert noisy["verdict"] == "inconclusive" and noisy["seeds"] == 9 and noisy["looks"] == [3, 6, 9]
-    assert noisy["seeds_to_detect"] is not None and noisy["seeds_to_detect"] > 9
-    seeds = record["seeds"]
-    assert seeds["optim.lr=0.002"] == [0, 1, 2]  # decided at the initial seeds: never grown
-    assert seeds["optim.lr=0.004"] == seeds["optim.lr=0.003"] == list(range(9))
-    assert record["alpha_per_comparison"] == pytest.approx(0.05 / 3)
+    record = SequentialRecord.read(outcome.sweep_dir / "sequential.json")
+    verdicts = {c.id: c for c in record.claims}
+    assert set(verdicts) == {f"optim.lr={lv}" for lv in ("0.001", "0.002", "0.004")}
+    assert verdicts["optim.lr=0.002"].verdict == "better" and verdicts["optim.lr=0.002"].look == 1
+    assert verdicts["optim.lr=0.001"].verdict == "equivalent"
+    assert verdicts["optim.lr=0.004"].verdict == "better"  # 0.012 with sd 0.003: more than the margin
+    assert record.stopped_by == "every claim is decided" and record.rounds_done > 1
     counts = completed(outcome.sweep_dir, "planted")
     assert set(counts) == planned_hashes(path, record) and set(counts.values()) == {1}
-    assert any("optim.lr: 0.004 vs 0.003: inconclusive" in line and "would detect a 0.005 difference" in line
-               for line in lines)
-    assert_counts_are_the_queued_seeds(path, outcome.sweep_dir, record, lines)
-
-    from segsweep.reports.ablation import write_report
-
+    runs_per_cell = Counter(t.split()[1] for t in lines if t.startswith("  ") and "n=" in t)
+    assert any("optim.lr=0.002: better at look 1" in line for line in lines)
+    assert_counts_are_the_queued_runs(path, outcome.sweep_dir, record, lines)
     text = write_report([outcome.sweep_dir]).read_text()
-    section = text.split("## Sequential design (adaptive seeds)")[1]
-    assert "O'Brien-Fleming" in section and "0.01667 each" in section
-    assert "| optim.lr: 0.002 vs 0.003 | 3 | better | 1 |" in section
-    assert "| optim.lr: 0.004 vs 0.003 | 3, 6, 9 | inconclusive | 3 |" in section
-    assert f"{noisy['seeds_to_detect']} / {noisy['seeds_for_equivalence']} |" in section
+    assert "## Sequential design" in text and "the verdicts above are the ones the rounds reached" in text
+    assert "| optim.lr=0.002 | better | 1 |" in text
+    del runs_per_cell
 
 
-def assert_counts_are_the_queued_seeds(path: Path, sweep_dir: Path, record: dict, lines: list[str]) -> None:
-    """Progress bar, --status and the closing summary count the cells x seeds the rounds queued
-    (sequential.json's seeds), not every cell x `max` seeds."""
+def assert_counts_are_the_queued_runs(path: Path, sweep_dir: Path, record: Any, lines: list[str]) -> None:
+    """Progress bar, --status and the closing summary count the runs of the rounds done, not every
+    cell x `max` seeds."""
     import optuna
 
     from segsweep.sweeps.launch_status import sweep_status
     from segsweep.sweeps.study import pending_trials, trials_done
 
     sweep = load_sweep(path)
-    queued = sum(len(s) for s in record["seeds"].values())
-    assert queued < len(sweep.cells) * sweep.spec.seeds.max  # some arms stopped early: the counts must differ
+    queued = len(sweep.design.runs_through(record.rounds_done))
+    assert queued < sweep.design.planned_runs()  # stopped early: the counts must differ
     journal = str(sweep_dir / "journal.log")
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(journal))
     trials = optuna.load_study(study_name=sweep.name, storage=storage).get_trials(deepcopy=False)
     assert trials_done(trials, sweep) == (queued, queued) and pending_trials(trials, sweep) == 0
     status = sweep_status(sweep, journal)
     assert sum(sum(row.counts.values()) for row in status.rows) == queued
-    assert {row.label: row.counts["done"] for row in status.rows} == {k: len(v) for k, v in record["seeds"].items()}
-    for label, seeds in record["seeds"].items():
-        assert any(line.split()[1:2] == [label] and f"n={len(seeds)}/{len(seeds)}" in line for line in lines)
 
 
 def test_a_command_killed_in_a_later_round_resumes_every_cell_once(tmp_path: Path, clean_env: None,
@@ -214,90 +247,72 @@ def test_a_trials_budget_stops_before_a_round_that_would_exceed_it(tmp_path: Pat
     from segsweep.sweeps import run_sweep
 
     seeds = {"initial": [0, 1, 2], "max": 9, "step": 3, "budget": {"trials": 17}}
-    path = write_adaptive(tmp_path / "budget.yaml", seeds=seeds)
+    path = write_adaptive(tmp_path / "budget.yaml", seeds=seeds,
+                          parameters={"optim.lr": {"values": [0.001, 0.003, 0.004]}})
     outcome = run_sweep(path, results=tmp_path / "r", fit_fn=planted_fit, echo=lambda s: None)
     record = json.loads((outcome.sweep_dir / "sequential.json").read_text())
-    assert outcome.exit_code == 0 and record["rounds"] == 1
-    assert record["stopped_by"].startswith("budget: the next round would make") and "17" in record["stopped_by"]
-    assert sum(completed(outcome.sweep_dir, "budget").values()) == 12
-    open_ = [c for c in record["comparisons"] if c["before_max"]]
-    assert open_ and all(c["verdict"] == "inconclusive" and c["seeds"] == 3 and c["seeds_to_detect"] for c in open_)
+    assert outcome.exit_code == 0 and record["rounds_done"] == 1
+    assert record["stopped_by"].startswith("budget: the next round would make 18") and "17" in record["stopped_by"]
+    assert sum(completed(outcome.sweep_dir, "budget").values()) == 9
+    open_ = [c for c in record["claims"] if c["verdict"] == "inconclusive"]  # the budget ended the rounds
+    assert open_ and all(c["runs_to_detect"] for c in open_)
 
 
-def test_comparisons_take_the_baseline_the_report_takes(tmp_path: Path) -> None:
-    """A base value shared by fewer cells than another level: the adaptive comparisons and the
-    ablation report both compare against the base experiment's value (lr 0.003), not the level
-    most cells have (0.001)."""
-    from segsweep.reports.design import group_arms, matched_pairs, same_level
-    from segsweep.reports.records import base_experiment, load_runs, read_sweep_spec
-    from segsweep.sweeps.adaptive import comparisons
-    from segsweep.sweeps.cells import base_values
-
+def test_implicit_claims_compare_every_arm_with_the_base_experiments_cell(tmp_path: Path) -> None:
     arms = [{}, {"optim.lr": 0.001}, {"optim.lr": 0.001, "train.epochs": 2}]
     sweep = load_sweep(write_adaptive(tmp_path / "lean.yaml", parameters={}, arms=arms))
-    sweep_dir = tmp_path / "lean"
-    sweep_dir.mkdir()
-    (sweep_dir / "sweep.yaml").write_text(yaml.safe_dump(sweep.resolved("journal.log"), sort_keys=False))
-    for i, cell in enumerate(sweep.cells):
-        for seed in (0, 1, 2):
-            spec = sweep.trial_spec(cell.overrides, seed, f"c{i}-s{seed}", cell.label)
-            write_record(spec, sweep_dir / "runs" / f"c{i}-s{seed}", 0.7 + 0.01 * seed)
-    study = group_arms(load_runs([sweep_dir]), None, base_experiment(read_sweep_spec(sweep_dir)))
-    lr = study.factor("optim.lr")
-    assert lr.baseline == pytest.approx(0.003) and lr.chosen_by == "base experiment"  # the rules differ here
+    assert sweep.design.baseline == "baseline"
+    assert [c.pairs for c in sweep.claims] == [(("optim.lr=0.001", "baseline"),),
+                                               (("optim.lr=0.001,train.epochs=2", "baseline"),)]
+    lines: list[str] = []
+    nothing = load_sweep(write_adaptive(tmp_path / "none.yaml", parameters={}, arms=[{"optim.lr": 0.001},
+                                                                                     {"optim.lr": 0.002}]))
+    assert nothing.claims == () and nothing.design.baseline is None
+    from segsweep.sweeps import run_sweep
 
-    found = comparisons(sweep)
-    assert [c.label for c in found] == ["optim.lr: 0.001 vs 0.003", "train.epochs: 2 vs 12"]
-    assert {(c.factor, c.level, c.baseline) for c in found} == {
-        (f.key, level, f.baseline) for f in study.factors for level in f.levels if level != f.baseline}
-    base = base_values(sweep)
-
-    def cell_of(arm: Any) -> str:
-        return next(c.label for c in sweep.cells
-                    if all(same_level(c.overrides.get(k, base[k]), v) for k, v in arm.levels.items()))
-
-    for comp in found:  # and the same cells pair up
-        assert list(comp.pairs) == [(cell_of(t), cell_of(c)) for t, c in matched_pairs(study, comp.factor, comp.level)]
-    assert [c.pairs for c in found] == [(("optim.lr=0.001", "baseline"),),
-                                        (("optim.lr=0.001,train.epochs=2", "optim.lr=0.001"),)]
+    outcome = run_sweep(tmp_path / "none.yaml", results=tmp_path / "r", fit_fn=planted_fit, echo=lines.append)
+    record = json.loads((outcome.sweep_dir / "sequential.json").read_text())
+    assert record["stopped_by"] == "nothing to compare" and record["rounds_done"] == 1
+    assert any("nothing to compare (no claims, and no baseline arm" in line for line in lines)
+    assert not any("every claim is decided" in line for line in lines)
 
 
-def test_a_sweep_with_claims_adds_seeds_for_its_open_claims_only(tmp_path: Path, clean_env: None) -> None:
-    """With `claims:`, the rounds settle the claims (not every factor level): a claim decided at
-    the initial seeds stops its arms, an open one between two non-baseline arms grows those two to
-    `max`; a target-changing claim compares nothing and needs no --allow-mixed-data in the report,
-    whose claims table carries the sequential verdicts."""
+def test_arms_crossed_with_a_categorical_parameter_settle_their_claims(tmp_path: Path, clean_env: None) -> None:
+    """A claim on an arm of a grid crossed with a categorical parameter compares the arm at every
+    value of the parameter (averaged), in the rounds and in the report."""
     from segsweep.reports.ablation import write_report
     from segsweep.sweeps import run_sweep
-    from test_claims import claims_table
 
-    arms = [{}, {"optim.lr": 0.002}, {"optim.lr": 0.004}, {"optim.lr": 0.001}, {"data.mask": "boundary"}]
-    claims = [
-        {"id": "large", "quote": "lr 2e-3 is better", "arm": {"optim.lr": 0.002}, "against": {}},
-        {"id": "noisy", "quote": "lr 4e-3 beats 1e-3", "arm": {"optim.lr": 0.004}, "against": {"optim.lr": 0.001}},
-        {"id": "edges", "quote": "edges", "arm": {"data.mask": "boundary"}, "against": {}, "target_changes": True},
-    ]
-    path = write_adaptive(tmp_path / "claimed.yaml", parameters={}, arms=arms, claims=claims)
-    outcome = run_sweep(path, results=tmp_path / "r", fit_fn=planted_fit, echo=lambda line: None)
-    assert outcome.exit_code == 0 and outcome.pending == 0
+    arms = [{}, {"model.batchnorm": False}]
+    claims = [{"id": "bn", "quote": "BatchNorm helps", "arm": {}, "against": {"model.batchnorm": False}}]
+    path = write_adaptive(tmp_path / "crossed.yaml", arms=arms, claims=claims,
+                          parameters={"optim.lr": {"values": [0.001, 0.003]}})
+    sweep = load_sweep(path)
+    assert sweep.claims[0].pairs == (("optim.lr=0.001", "model.batchnorm=false,optim.lr=0.001"),
+                                     ("optim.lr=0.003", "model.batchnorm=false,optim.lr=0.003"))
+    outcome = run_sweep(path, results=tmp_path / "r", fit_fn=planted_fit, echo=lambda s: None)
     record = json.loads((outcome.sweep_dir / "sequential.json").read_text())
-    verdicts = {c["comparison"]: c for c in record["comparisons"]}
-    assert list(verdicts) == ["claim large: optim.lr=0.002 vs baseline", "claim noisy: optim.lr=0.004 vs optim.lr=0.001"]
-    assert record["comparisons_in_family"] == 2 and record["alpha_per_comparison"] == pytest.approx(0.025)
-    large, noisy = verdicts.values()
-    assert large["verdict"] == "better" and large["looks"] == [3]
-    assert noisy["verdict"] == "inconclusive" and noisy["looks"] == [3, 6, 9]
-    assert record["seeds"] == {"baseline": [0, 1, 2], "optim.lr=0.002": [0, 1, 2], "optim.lr=0.004": list(range(9)),
-                               "optim.lr=0.001": list(range(9)), "data.mask=boundary": [0, 1, 2]}
+    assert record["claims"][0]["verdict"] == "better" and record["claims"][0]["estimate"] == pytest.approx(0.05, abs=0.01)
+    assert "| bn |" in write_report([outcome.sweep_dir]).read_text()
 
-    text = write_report([outcome.sweep_dir]).read_text()  # default options: the declared target change is allowed
-    assert "--allow-mixed-data" not in text and "the verdicts are the sequential design's" in text
-    rows = claims_table(text)
-    assert rows["large"][7] == "better" and rows["large"][6] == "3"
-    assert rows["noisy"][7] == "inconclusive" and rows["noisy"][6] == "9"
-    assert rows["noisy"][9] == (f"{noisy['seeds_to_detect']} to detect ±0.005; "
-                                f"{noisy['seeds_for_equivalence']} to show equivalence")
-    assert "data.mask: not compared, the target changes" in text
+
+def test_a_diverged_run_counts_by_the_outcome_rule_in_the_rounds_and_the_report(tmp_path: Path, clean_env: None,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from segsweep.analysis import SequentialRecord
+    from segsweep.reports.ablation import write_report
+    from segsweep.sweeps import run_sweep
+
+    monkeypatch.setenv("ADAPTIVE_DIVERGE", "0.001 1")
+    path = write_adaptive(tmp_path / "div.yaml", seeds={"initial": [0, 1, 2], "max": 6, "step": 3})
+    outcome = run_sweep(path, results=tmp_path / "r", fit_fn=planted_fit, echo=lambda s: None)
+    record = SequentialRecord.read(outcome.sweep_dir / "sequential.json")
+    claim = next(c for c in record.claims if c.id == "optim.lr=0.001")
+    # seed 1 of lr 0.001 counts 0 (no checkpoint): the paired contrast falls by 0.7 / (seeds at that look)
+    assert claim.estimate == pytest.approx(-0.7 / (3 * claim.look), abs=0.01)
+    text = write_report([outcome.sweep_dir]).read_text()
+    assert "the verdicts above are the ones the rounds reached" in text and "(1 scored 0)" in text
+    row = next(line for line in text.splitlines() if line.startswith("| optim.lr=0.001 |"))
+    assert f"| {claim.estimate:+.4f} |" in row  # the report's number is the round's
 
 
 def test_a_code_change_between_rounds_stops_before_the_next_round(tmp_path: Path, clean_env: None,
@@ -313,7 +328,7 @@ def test_a_code_change_between_rounds_stops_before_the_next_round(tmp_path: Path
     lines: list[str] = []
     outcome = run_sweep(path, results=tmp_path / "r", fit_fn=planted_fit, echo=lines.append)
     record = json.loads((outcome.sweep_dir / "sequential.json").read_text())
-    assert outcome.exit_code == 1 and record["rounds"] == 1
+    assert outcome.exit_code == 1 and record["rounds_done"] == 1
     assert record["stopped_by"].startswith("the code changed after round 1 (abc123 -> abc123+dirty")
     assert sum(completed(outcome.sweep_dir, "edited").values()) == 12
     assert any("not done" in line and "rerun the same command" in line for line in lines)
@@ -322,9 +337,89 @@ def test_a_code_change_between_rounds_stops_before_the_next_round(tmp_path: Path
     monkeypatch.setattr(segsweep.record, "code_state", lambda: "abc123+dirty (changes 0123456789ab)")
     lines.clear()
     again = run_sweep(path, results=tmp_path / "r", fit_fn=planted_fit, echo=lines.append)
-    assert again.exit_code == 0 and json.loads((again.sweep_dir / "sequential.json").read_text())["rounds"] > 1
+    assert again.exit_code == 0 and json.loads((again.sweep_dir / "sequential.json").read_text())["rounds_done"] > 1
     assert any("warning: the code is abc123+dirty" in line and "clean checkout" in line for line in lines)
 
+
+def write_fraction(path: Path, **fields: Any) -> Path:
+    """A planted 2^(4-1) fraction on the quickstart with one side arm (no BatchNorm, 0.05 lower)."""
+    tree: dict[str, Any] = {
+        "name": path.stem, "experiment": str(QUICKSTART), "method": "grid",
+        "factors": {"optim.lr": [0.003, 0.001], "model.dropout": [0.1, 0.0], "train.epochs": [12, 6],
+                    "data.augment.affine_p": [0.5, 0.0]},
+        "fraction": {"runs": 8}, "arms": [{"model.batchnorm": False}],
+        "rounds": {"initial": 2, "max": 4, "margin": 0.01},
+        "claims": [{"id": "lr", "quote": "lr 3e-3 is better", "arm": {}, "against": {"optim.lr": 0.001}},
+                   {"id": "dropout", "quote": "dropout does not matter", "arm": {}, "against": {"model.dropout": 0},
+                    "expects": "equivalent"},
+                   {"id": "bn", "quote": "BatchNorm helps", "arm": {}, "against": {"model.batchnorm": False}}],
+        "optuna": {"heartbeat_interval": 1, "grace_period": 2},
+    }
+    tree.update(fields)
+    path.write_text(yaml.safe_dump(tree, sort_keys=False))
+    return path
+
+
+def test_killing_a_worker_in_round_2_of_a_fraction_resumes_every_run_once_with_the_same_verdicts(
+        tmp_path: Path, clean_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    from segsweep.sweeps import run_sweep
+
+    path = write_fraction(tmp_path / "frac.yaml")
+    sweep = load_sweep(path)
+    assert sweep.design.kind == "fraction" and len(sweep.design.runs(1)) == 9
+    straight = run_sweep(path, results=tmp_path / "straight", fit_fn=planted_fit, echo=lambda s: None)
+    want = json.loads((straight.sweep_dir / "sequential.json").read_text())
+
+    log, hang = tmp_path / "fits.log", tmp_path / "hang.pid"
+    monkeypatch.setenv("ADAPTIVE_LOG", str(log))
+    monkeypatch.setenv("ADAPTIVE_HANG", str(hang))  # the first trial with seed >= 3 hangs: round 1 has seeds 0-8
+    monkeypatch.setenv("ADAPTIVE_HANG_MIN_SEED", "9")
+    results = tmp_path / "r"
+    child = multiprocessing.get_context("spawn").Process(target=run_sweep, args=(path,), kwargs=dict(
+        results=results, fit_fn=planted_fit, workers=2))
+    child.start()
+    wait_for(lambda: hang.exists() and hang.read_text(), "a round-2 trial to start and hang")
+    os.kill(int(hang.read_text()), signal.SIGKILL)  # the worker, in the middle of round 2
+    child.join()
+    monkeypatch.delenv("ADAPTIVE_HANG")
+    outcome = run_sweep(path, results=results, fit_fn=planted_fit, echo=lambda s: None)
+    assert outcome.exit_code == 0
+    got = json.loads((outcome.sweep_dir / "sequential.json").read_text())
+    assert got["claims"] == want["claims"] and got["rounds_done"] == want["rounds_done"]
+    counts = completed(outcome.sweep_dir, "frac")
+    assert set(counts) == planned_hashes(path, got) and set(counts.values()) == {1}
+
+
+def test_arms_that_train_identical_networks_are_refused_before_any_run(tmp_path: Path) -> None:
+    arms = [{}, {"model.init": "he_normal"}, {"model.init": "paper"}]
+    with pytest.raises(SpecError) as info:
+        load_sweep(write_adaptive(tmp_path / "same.yaml", parameters={}, arms=arms))
+    message = str(info.value)
+    assert "'model.init=he_normal' and 'model.init=paper' train identical networks" in message
+    assert "\n" not in message
+    he = tmp_path / "he.yaml"
+    he.write_text(f"extends: {QUICKSTART}\nmodel:\n  init: he_normal\n")
+    with pytest.raises(SpecError, match="train identical networks: model.init he_normal and paper build"):
+        load_sweep(write_fraction(tmp_path / "f.yaml", experiment=str(he), claims=None, arms=None, fraction=None,
+                                  factors={"optim.lr": [0.003, 0.001], "model.init": ["he_normal", "paper"]}))
+    # schemes that differ are fine, and so are the study's two
+    load_sweep(write_adaptive(tmp_path / "ok.yaml", parameters={},
+                              arms=[{}, {"model.init": "he_fan_out"}, {"model.init": "paper_fan_in"}]))
+
+
+def test_plan_prints_the_design_runs_power_and_time_without_training(tmp_path: Path, cli) -> None:
+    path = write_fraction(tmp_path / "plan.yaml")
+    out = cli("sweep", str(path), "--plan", "--sd", "0.01", "--run-s", "60", "--workers", "2",
+              "--results", str(tmp_path / "r"))
+    assert out.code == 0, out.err
+    assert "2^(4-1) fraction, generators D=ABC" in out.out and "9 runs a round" in out.out
+    assert "alias chains: AB = CD; AC = BD; AD = BC" in out.out
+    assert "lr: a true effect of 0.01 found with probability" in out.out
+    assert "dropout: shown equivalent with probability" in out.out
+    assert "time at 60 s a run on 2 worker(s)" in out.out
+    assert not (tmp_path / "r").exists()
+    bad = cli("sweep", str(path), "--plan", "--run-s", "60", "--results", str(tmp_path / "r"))
+    assert bad.code == 2 and "give --sd" in bad.err
 
 def test_code_state_changes_with_every_edit_of_a_tracked_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import subprocess

@@ -43,11 +43,11 @@ SWEEP_CASES = [
      ["bad.yaml", "parameters.optim.lr.max", "finite"]),
     ("range-nan-min", RANDOM.replace("min: 0.001", "min: .nan"), [], ["bad.yaml", "parameters.optim.lr.min", "finite"]),
     ("values-infinite-loss-weight", "experiment: {q}\nmethod: grid\nparameters:\n  loss.bce: {{values: [1.0, .inf]}}\n",
-     [], ["bad.yaml", "parameters.loss.bce.values.1", "finite number, got inf"]),
+     [], ["bad.yaml", "parameters.loss.bce.values[1]", "finite number, got inf"]),
     ("constant-infinite-weight-decay", GRID + "  optim.weight_decay: {{value: .inf}}\n", [],
      ["bad.yaml", "parameters.optim.weight_decay.value", "finite"]),
     ("arm-infinite-weight-decay", "experiment: {q}\nmethod: grid\narms:\n- {{}}\n- {{optim.weight_decay: .inf}}\n", [],
-     ["bad.yaml", "arms.1.optim.weight_decay", "finite number, got inf"]),
+     ["bad.yaml", "arms[1].optim.weight_decay", "finite number, got inf"]),
     ("override-infinite-weight-decay", GRID, ["optim.weight_decay=inf"], ["override optim.weight_decay", "finite"]),
     ("override-infinite-loss-weight", GRID, ["loss.dice=.inf"], ["override loss.dice", "finite"]),
     # What a sweep may vary, and how.

@@ -19,10 +19,10 @@ from test_reports import write_run
 REPO = Path(__file__).resolve().parents[1]
 MIXED = ReportOptions(allow_mixed_data=True)  # the edges arm scores another target: without its claim, needed
 SEEDS = (0, 1, 2, 3)
-ARMS = [{}, {"model.batchnorm": False}, {"model.dropout": 0.0}, {"optim.lr": 0.001}, {"data.mask": "boundary"}]
+ARMS = [{}, {"model.batchnorm": False}, {"model.dropout": 0.3}, {"optim.lr": 0.001}, {"data.mask": "boundary"}]
 CLAIMS = [
     {"id": "bn", "quote": "BatchNorm improves training stability", "arm": {}, "against": {"model.batchnorm": False}},
-    {"id": "drop", "quote": "dropout reduces overfitting", "arm": {}, "against": {"model.dropout": 0.0}},
+    {"id": "drop", "quote": "dropout reduces overfitting", "arm": {"model.dropout": 0.3}, "against": {}},
     {"id": "lr", "quote": "lr 1e-3 is better", "arm": {"optim.lr": 0.001}, "against": {}, "note": "a noisy one"},
     {"id": "lr_vs_bn", "quote": "lr beats no-BN", "arm": {"optim.lr": 0.001}, "against": {"model.batchnorm": False}},
     {"id": "edges", "quote": "edges as foreground", "arm": {"data.mask": "boundary"}, "against": {},
@@ -32,11 +32,11 @@ CLAIMS = [
 
 def planted_claims(root: Path) -> Path:
     """Baseline 0.80; no BatchNorm 0.10 lower (clear); dropout 0 equal within noise 1e-4 (equivalent);
-    lr 1e-3 +0.002 with seed noise 0.01 (open)."""
+    lr 1e-3 +0.004 with seed noise 0.006 (open)."""
     rng = np.random.default_rng(3)
     base = rng.uniform(0.6, 0.95, 50)
-    shift = {0: 0.0, 1: -0.10, 2: 0.0, 3: 0.002, 4: -0.3}
-    noise = {0: 0.0, 1: 0.002, 2: 0.0001, 3: 0.01, 4: 0.01}
+    shift = {0: 0.0, 1: -0.10, 2: 0.0, 3: 0.004, 4: -0.3}
+    noise = {0: 0.0, 1: 0.002, 2: 0.0001, 3: 0.006, 4: 0.006}
     for i, arm in enumerate(ARMS):
         for seed in SEEDS:
             seed_shift = shift[i] + noise[i] * rng.standard_normal()
@@ -56,32 +56,32 @@ def test_claims_table_opens_the_report_with_one_row_per_claim(tmp_path: Path) ->
     text = write_report([planted_claims(tmp_path / "sweep")], tmp_path / "out").read_text()  # edges is declared
     assert text.index("## Claims") < text.index("## Arms") and "--allow-mixed-data" not in text
     rows = claims_table(text)
-    assert list(rows) == ["bn", "drop", "lr", "lr_vs_bn", "edges"]
+    assert list(rows) == ["bn", "drop", "lr", "lr_vs_bn"]
     bn = rows["bn"]
-    assert bn[1] == "“BatchNorm improves training stability”" and bn[2].startswith("A") and " vs A" in bn[2]
-    assert float(bn[3]) == pytest.approx(0.10, abs=0.01) and bn[6] == "4"
-    assert bn[7] == "better" and bn[8] == "**supported**" and bn[9] == "—"
-    assert rows["drop"][7].startswith("equivalent") and rows["drop"][8] == "**contradicted**"
-    assert rows["lr"][7] == "inconclusive" and rows["lr"][8] == "not settled"
-    assert "to detect ±0.005" in rows["lr"][9] and "to show equivalence" in rows["lr"][9]
-    assert rows["lr_vs_bn"][7] == "better"  # two non-baseline arms compared directly
-    assert "target changes" in rows["edges"][3] and rows["edges"][7] == "—"
-    assert "- **lr** (optim.lr=0.001 vs baseline): a noisy one" in text
+    assert bn[1] == "“BatchNorm improves training stability”" and bn[2].startswith("`A") and "paired by seed" in bn[2]
+    assert float(bn[3]) == pytest.approx(0.10, abs=0.01) and bn[5].endswith("(12)")  # 20 runs, 5 cells, 4 seeds
+    assert bn[6] == "**better** at look 1" and bn[7] == "**supported**" and bn[8] == "—"
+    assert rows["drop"][6].startswith("**equivalent**") and rows["drop"][7] == "**contradicted**"
+    assert rows["lr"][6] == "**inconclusive**" and rows["lr"][7] == "not settled"
+    assert "to detect ±margin" in rows["lr"][8] and "to show equivalence" in rows["lr"][8]
+    assert rows["lr_vs_bn"][6].startswith("**better**")  # two non-baseline arms compared directly
+    assert "- **edges** (“edges as foreground”): another target: no Dice is compared across targets" in text
+    assert "- **lr** (optim.lr=0.001 vs the recipe): a noisy one" in text
+    assert "**3 of 4 trained claims conclusive**" in text
 
 
-def test_seeds_needed_is_the_power_function_of_the_open_comparison(tmp_path: Path) -> None:
-    from segsweep.reports.claims import claim_rows, read_claims
-    from segsweep.reports.design import group_arms
-    from segsweep.reports.power import seeds_needed
+def test_runs_needed_is_the_analysis_power_function_of_the_open_claim(tmp_path: Path) -> None:
+    from segsweep.analysis.arms import group_arms
+    from segsweep.reports.claims import claims_view
     from segsweep.reports.records import load_runs
 
     root = planted_claims(tmp_path / "sweep")
-    study = group_arms(load_runs([root]))
-    rows = claim_rows(study, read_claims(yaml.safe_load((root / "sweep.yaml").read_text())), 0.005, 0.05, 200, 0)
-    lr = next(r for r in rows if r.claim.id == "lr")
-    want = seeds_needed(lr.contrast.seed_values, 0.005, 0.005, 0.05, 4)  # 4 claims compared
+    runs = load_runs([root])
+    view = claims_view(group_arms(runs), runs, yaml.safe_load((root / "sweep.yaml").read_text()), root, None)
+    lr = next(r for r in view.analysis.claims if r.claim.id == "lr")
+    assert lr.runs_to_detect is not None and lr.runs_to_detect % 20 == 0  # whole rounds of the 5 arms x 4 seeds
     text = write_report([root], tmp_path / "out").read_text()
-    assert claims_table(text)["lr"][9].startswith(f"{want.to_detect} to detect")
+    assert claims_table(text)["lr"][8].startswith(f"{lr.runs_to_detect} to detect")
 
 
 def test_no_claims_no_section(tmp_path: Path) -> None:
@@ -97,9 +97,16 @@ def test_no_claims_no_section(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("claim, says", [
-    ({"id": "x", "quote": "q", "arm": {"model.dropout": 0.3}}, "claims[0].arm: {'model.dropout': 0.3} is not one of"),
-    ({"id": "x", "quote": "q", "arm": {}}, "claims[0].against: a claim compares two different arms"),
-    ({"id": "x", "quote": "q", "arm": {"model.dropout": 0.0}, "expects": "maybe"}, "claims.0.expects"),
+    ({"id": "x", "quote": "q", "arm": {"model.dropout": 0.3}},
+     "claims[0].arm: {model.dropout: 0.3} is not one of the sweep's arms (matched by value); the arms: baseline; "
+     "model.dropout=0"),
+    ({"id": "x", "quote": "q", "arm": {}}, "claims[0].against: {} (the base experiment) is the same arm as"),
+    ({"id": "x", "quote": "q", "arm": {"model.dropout": 0}, "against": {"model.dropout": 0.0}},
+     "is the same arm as claims.arm {model.dropout: 0}"),
+    ({"id": "x", "quote": "q", "arm": {"model.dropout": 0.0}, "expects": "maybe"}, "claims[0].expects"),
+    ({"id": "x", "quote": "q", "arm": {"model.dropout": 0.0}, "expect": "better"},
+     "claims[0].expect: unknown key; did you mean 'expects'?"),
+    ({"id": "x", "quote": "q", "arm": {"model.dropout": 2.0}}, "claims[0].arm: {model.dropout: 2} is not a valid arm"),
 ])
 def test_a_bad_claim_is_refused_with_one_line(tmp_path: Path, claim: dict, says: str) -> None:
     sweep = {"experiment": str(REPO / "experiments" / "quickstart.yaml"), "method": "grid",
@@ -111,12 +118,25 @@ def test_a_bad_claim_is_refused_with_one_line(tmp_path: Path, claim: dict, says:
     assert says in str(info.value) and "\n" not in str(info.value)
 
 
-def test_the_committed_claims_sweep_loads_and_its_claims_name_its_arms() -> None:
+def test_the_committed_claims_sweep_loads_and_its_claims_name_its_terms() -> None:
+    """sweeps/pets_mini_claims.yaml: six claims in a 2^(6-2) fraction, four side arms, two claims
+    listed without training; the recipe is study.yaml scaled down, the double sigmoid included."""
     sweep = load_sweep(REPO / "sweeps" / "pets_mini_claims.yaml")
-    assert len(sweep.spec.claims) == 12 and len(sweep.cells) == 13
-    assert sweep.base.train.time_budget_s is None and sweep.base.model.head == "sigmoid"
-    double = next(c for c in sweep.cells if "loss.double_sigmoid_bce" in c.overrides)
-    assert sweep.trial_spec(double.overrides, 0, "t", double.label).loss.bce == 0.0
+    assert len(sweep.spec.claims) == 12 and len(sweep.claims) == 10
+    assert sweep.design.kind == "fraction" and sweep.design.fraction.resolution() == 4
+    assert len(sweep.design.cells) == 16 + 4 and sweep.design.round_size(1) == 20
+    assert sweep.base.model.init == "he_fan_out" and sweep.base.loss.double_sigmoid_bce == 1.0
+    assert sweep.base.checkpoint.floor == 0.7 and sweep.base.train.precision == "fp32"
+    factor_claims = {c.id: c.factor for c in sweep.claims if c.factor}
+    assert factor_claims == {"he_init": "model.init", "dropout": "model.dropout", "bce_dice": "loss.dice_batch",
+                             "lr_1e-4": "optim.lr", "dataset_stats": "data.normalize",
+                             "affine": "data.augment.affine_p"}
+    lr = next(c for c in sweep.claims if c.id == "lr_1e-4")
+    assert lr.sign == -1  # 1e-4 (the other level) minus 1e-3 (the recipe's)
+    sigmoid = next(c for c in sweep.claims if c.id == "sigmoid_as_meant")
+    assert sigmoid.primary == "equivalence" and len(sigmoid.pairs) == 1 and "baseline" not in sigmoid.pairs[0]
+    resnet = next(c for c in sweep.cells if "study_resnet34_unet" in c.label)
+    assert sweep.trial_spec(resnet.overrides, 0, "t", resnet.label).model.base_channels == 64
 
 
 def test_the_report_says_when_the_runs_ran_and_how_many_at_once(tmp_path: Path) -> None:
@@ -127,3 +147,28 @@ def test_the_report_says_when_the_runs_ran_and_how_many_at_once(tmp_path: Path) 
     text = write_report([root], tmp_path / "out").read_text()
     assert ("- **Wall time:** the 3 runs ran from 2025-01-01 10:00 to 10:10: 10 min of wall time, "
             "1 run-minutes in all (0.1 runs at a time on average)") in text
+
+
+@pytest.mark.parametrize("written", [{"model.dropout": 0}, {"model.dropout": 0.0}, {"model.dropout": 0.00}])
+def test_claims_match_arms_by_their_validated_values(tmp_path: Path, written: dict) -> None:
+    """`0` and `0.0` (and `1e-4` and `1.0e-4`) are the same arm: a claim matches by value, not by text."""
+    sweep = {"experiment": str(REPO / "experiments" / "quickstart.yaml"), "method": "grid",
+             "arms": [{}, {"model.dropout": 0.0}, {"optim.lr": 1.0e-4}],
+             "claims": [{"id": "d", "quote": "q", "arm": {}, "against": written},
+                        {"id": "l", "quote": "q", "arm": {"optim.lr": 1e-4}, "against": {}}]}
+    path = tmp_path / "by_value.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    loaded = load_sweep(path)
+    assert [c.pairs for c in loaded.claims] == [(("baseline", "model.dropout=0"),), (("optim.lr=0.0001", "baseline"),)]
+
+
+def test_an_omitted_against_without_a_baseline_arm_lists_the_arms(tmp_path: Path) -> None:
+    sweep = {"experiment": str(REPO / "experiments" / "quickstart.yaml"), "method": "grid",
+             "arms": [{"model.dropout": 0.0}, {"optim.lr": 1.0e-4}],
+             "claims": [{"id": "d", "quote": "q", "arm": {"model.dropout": 0.0}}]}
+    path = tmp_path / "no_base.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    with pytest.raises(SpecError) as info:
+        load_sweep(path)
+    assert ("claims[0].against: {} (the base experiment) is not one of the sweep's arms (matched by value); the arms: "
+            "model.dropout=0; optim.lr=0.0001") in str(info.value)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from segsweep.reports.power import (
+from segsweep.analysis.power import (
     seeds_for_equivalence, seeds_needed, seeds_to_detect, t_test_power, tost_power,
 )
 

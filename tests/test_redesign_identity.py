@@ -7,6 +7,10 @@ summary. The run pins the CPU kernels to AVX2 (ATEN_CPU_CAPABILITY, ONEDNN_MAX_C
 MKL's conditional numerical reproducibility), so AMD (AVX2) and Intel (AVX-512) machines
 compute the same bits; on a CPU where they still do not, the run must agree within float32
 round-off (see the test).
+
+sweeps/seed_ablations.yaml left the fixture when its `he_normal` and `paper` arms, which build
+identical weights for the UNet (a sweep now refuses such arms), became the study's own contrast
+`he_fan_out` vs `paper_fan_in`; every other committed file's hashes still hold.
 """
 from __future__ import annotations
 

@@ -12,10 +12,10 @@ import pytest
 import yaml
 from scipy import stats as sps
 
-from segsweep.reports import stats
+from segsweep.analysis import stats
 from segsweep.reports.ablation import ReportOptions, write_report
-from segsweep.reports.design import group_arms
-from segsweep.reports.inference import compute_effects, compute_interactions, summarize_arm
+from segsweep.analysis.arms import group_arms
+from segsweep.analysis.inference import compute_effects, compute_interactions, summarize_arm
 from segsweep.reports.records import ReportError, load_runs
 from segsweep.spec import ExperimentSpec, override_spec, spec_to_dict
 

@@ -17,15 +17,15 @@ import numpy as np
 
 from ..format import fmt_ci, fmt_delta, fmt_float, fmt_interval, fmt_mean_sd, fmt_p, format_level
 from ..record import atomic_write_text
-from .claims import claims_lines, read_claims, target_keys
-from .design import MAX_CURVE_LEVELS, Study, group_arms, parse_baseline
+from .claims import ClaimsView, claims_lines, claims_view, read_claims, sequential_lines, target_keys
+from .fraction import draw_fraction_figures, fraction_lines
+from ..analysis.arms import MAX_CURVE_LEVELS, Study, group_arms, parse_baseline, same_level
 from .figures import default_style, plot_curves, plot_optuna, plot_test_dice
 from .honesty import double_sigmoid, honesty_lines
-from .inference import ArmSummary, Effect, TwoWay, compute_effects, compute_interactions, summarize_arm
+from ..analysis.inference import ArmSummary, Effect, TwoWay, compute_effects, compute_interactions, summarize_arm
 from .markdown import levels_text, relative_path, soft_dice_mean, table
-from .power import SeedsNeeded, method_text, needed_cell, needed_sentence, seeds_needed
+from ..analysis.power import SeedsNeeded, method_text, needed_cell, needed_sentence, seeds_needed
 from .records import ReportError, base_experiment, check_same_data, load_optuna_study, load_runs, read_sweep_spec
-from .sequential import report_lines as sequential_lines
 
 __all__ = [
     "ReportError", "ReportOptions", "compute_effects", "compute_interactions", "group_arms", "load_runs",
@@ -58,15 +58,21 @@ def render_report(
 ) -> str:
     """The whole report.md as text (figures are referenced by file name, beside it)."""
     title = sweep.get("name") if isinstance(sweep.get("name"), str) else title
-    lines = _header_lines(study, sweep, sources, options, title)
-    lines += claims_lines(study, sweep, options.margin, options.alpha, options.resamples, options.seed,
-                          options.detect)
-    lines += _findings_lines(effects, options)
-    lines += _factors_lines(study)
-    lines += _arms_lines(study, summaries, figures)
-    lines += _effects_lines(study, effects, skipped, options)
-    lines += sequential_lines(sweep["sequential"]) if isinstance(sweep.get("sequential"), Mapping) else []
-    lines += _interactions_lines(tables)
+    view = figures.get("claims_view")
+    lines = _header_lines(study, sweep, sources, options, title, view)
+    lines += claims_lines(view, study)
+    fraction = view is not None and view.analysis.design.kind == "fraction"
+    if fraction:  # a fraction's cells pair with nothing one factor apart: its own section instead
+        lines += fraction_lines(view, figures)
+        lines += _arms_lines(study, summaries, figures)
+    else:
+        lines += _findings_lines(effects, options)
+        lines += _factors_lines(study)
+        lines += _arms_lines(study, summaries, figures)
+        lines += _effects_lines(study, effects, skipped, options)
+    lines += sequential_lines(view)
+    if not fraction:
+        lines += _interactions_lines(tables)
     lines += _curves_lines(study, figures)
     lines += _optuna_lines(sweep, figures)
     lines += honesty_lines(study, summaries, sweep)
@@ -75,14 +81,20 @@ def render_report(
 
 
 def _header_lines(study: Study, sweep: Mapping[str, Any], sources: Sequence[str], options: ReportOptions,
-                  title: str) -> list[str]:
+                  title: str, view: ClaimsView | None = None) -> list[str]:
     n_excluded = sum(not r.counted for r in study.runs)
     lines = [f"# Ablation report: {title}", ""]
+    planned, missing = planned_runs(study, sweep, view)
+    if missing:
+        shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+        lines += [f"> **Unfinished sweep:** {len(missing)} of the {planned} planned runs have no counted record "
+                  f"({shown}); every number below stands on the runs that exist.", ""]
     metric = sweep.get("metric") if isinstance(sweep.get("metric"), Mapping) else {}
+    of_planned = f" of {planned} planned" if planned else ""
     return lines + [
         f"- Sources: {', '.join(f'`{s}`' for s in sources)}",
-        f"- Runs: {len(study.runs)} ({len(study.runs) - n_excluded} counted, {n_excluded} not counted) in "
-        f"{len(study.arms)} arm(s); design: **{study.design}**"
+        f"- Runs: {len(study.runs)} ({len(study.runs) - n_excluded} counted, {n_excluded} not counted){of_planned} in "
+        f"{len(study.arms)} arm(s); design: **{design_name(study, sweep, view)}**"
         + (f"; sweep method `{sweep['method']}`" if sweep.get("method") else "")
         + (f", sweep metric `{metric.get('name')}` ({metric.get('goal', 'maximize')})" if metric.get("name") else ""),
         f"- Outcome: test Dice (mean per-image Dice at 0.5) of each run's best-on-validation checkpoint. "
@@ -299,9 +311,8 @@ def write_report(
     sweep = read_sweep_spec(first) if first.is_dir() else {}
     declared = target_keys(read_claims(sweep))  # another target on purpose: no Dice compared across it
     mixed = check_same_data(runs, options.allow_mixed_data, declared)  # refused unless allowed; then a warning
-    if first.is_dir() and (first / "sequential.json").is_file():  # adaptive seeds: the driver's looks
-        sweep = {**sweep, "sequential": json.loads((first / "sequential.json").read_text())}
     study = group_arms(runs, base, base_experiment(sweep))
+    view = claims_view(study, runs, sweep, first if first.is_dir() else None, None)
     compared = replace(study, factors=tuple(f for f in study.factors if f.key not in declared))
     effects, skipped = compute_effects(compared, options.margin, options.alpha, options.resamples, options.seed)
     skipped += [f"{f.key}: not compared, the target changes (a claim says so), so its levels' Dice measure "
@@ -310,7 +321,8 @@ def write_report(
     summaries = [summarize_arm(a) for a in study.arms]
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    figures = _draw_figures(compared, summaries, out_dir)
+    figures = _draw_figures(compared, summaries, out_dir, view)
+    figures["claims_view"] = view
     method = sweep.get("method")
     if method and method != "grid" and first.is_dir():
         optuna_study, note = load_optuna_study(first, sweep)
@@ -329,12 +341,17 @@ def write_report(
     return report
 
 
-def _draw_figures(study: Study, summaries: Sequence[ArmSummary], out_dir: Path) -> dict[str, Any]:
-    """The test Dice box plot and one curves figure per factor; returns what render_report links."""
+def _draw_figures(study: Study, summaries: Sequence[ArmSummary], out_dir: Path,
+                  view: ClaimsView | None = None) -> dict[str, Any]:
+    """The test Dice box plot and one curves figure per factor (a fraction: its own figures);
+    returns what render_report links."""
     figures: dict[str, Any] = {"curves": {}, "curve_notes": {}}
     with default_style():
         plot_test_dice(summaries, out_dir / "test_dice_by_arm.png", study.baseline_arm)
         figures["test_dice"] = "test_dice_by_arm.png"
+        if view is not None and view.analysis.design.kind == "fraction":
+            figures.update(draw_fraction_figures(view, out_dir))
+            return figures
         for f in study.factors:
             if len(f.levels) > MAX_CURVE_LEVELS:
                 figures["curve_notes"][f.key] = f"{len(f.levels)} levels: too many for curves (see the Optuna plots)"
@@ -343,3 +360,42 @@ def _draw_figures(study: Study, summaries: Sequence[ArmSummary], out_dir: Path) 
             else:
                 figures["curve_notes"][f.key] = "no comparison uses this factor, or no run has a metrics.csv"
     return figures
+
+
+def planned_runs(study: Study, sweep: Mapping[str, Any], view: ClaimsView | None) -> tuple[int, list[str]]:
+    """(runs the sweep planned, the planned runs without a counted record): from the design's
+    rounds, else the sweep's cells x seeds; (0, []) for run folders without a sweep.yaml."""
+    if view is not None and not view.derived:
+        return view.planned, list(view.missing)
+    cells, seeds = sweep.get("cells"), sweep.get("seeds")
+    if not isinstance(cells, list) or not isinstance(seeds, list) or not cells:
+        return 0, []
+    keys = sorted({k for c in cells for k in (c.get("overrides") or {})})
+    base = base_experiment(sweep)
+    counted = [(r.config, r.seed) for a in study.arms for r in a.by_seed.values()]
+    missing = []
+    for cell in cells:
+        values = {k: (cell.get("overrides") or {}).get(k, base.get(k)) for k in keys}
+        for seed in seeds:
+            if not any(seed == s and all(same_level(config.get(k), v) for k, v in values.items())
+                       for config, s in counted):
+                missing.append(f"{cell.get('label')} seed {seed}")
+    return len(cells) * len(seeds), missing
+
+
+def design_name(study: Study, sweep: Mapping[str, Any], view: ClaimsView | None) -> str:
+    """The design as the sweep file declares it (the runs' own grouping only without a sweep.yaml)."""
+    if view is not None and not view.derived and view.analysis.design.kind == "fraction":
+        f = view.analysis.design.fraction
+        sides = len(view.analysis.design.side_arms)
+        what = f"2^({f.k}-{f.p}) fraction, resolution {f.resolution()}" if f.p else f"2^{f.k} full factorial"
+        return what + (f", with {sides} side arm(s)" if sides else "")
+    arms = sweep.get("arms")
+    grid = [k for k, p in (sweep.get("parameters") or {}).items() if isinstance(p, Mapping) and "values" in p]
+    if isinstance(arms, list):
+        ofat = all(len(a) <= 1 for a in arms) and {} in arms
+        kind = "one-factor-at-a-time" if ofat else "arms"
+        return kind + (f" x grid over {', '.join(grid)}" if grid else "")
+    if grid:
+        return "full factorial" if len(grid) > 1 else "one factor"
+    return study.design

@@ -14,8 +14,8 @@ import numpy as np
 
 from ..format import format_level
 from ..record import atomic_write_bytes
-from .design import Arm, Factor, Study, matched_pairs, same_level
-from .inference import ArmSummary, importance_evaluator
+from ..analysis.arms import Arm, Factor, Study, matched_pairs, same_level
+from ..analysis.inference import ArmSummary, importance_evaluator
 from .records import RunRecord, completed_trials
 
 

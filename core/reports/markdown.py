@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from ..format import format_level
-from .design import MAX_CURVE_LEVELS
+from ..analysis.arms import MAX_CURVE_LEVELS
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:

@@ -3,16 +3,29 @@ trains (`Sweep.trial_spec`) and hashes to (`cell_config_hash`)."""
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from ..spec import ExperimentSpec, arm_hash, config_hash, flatten, override_spec, spec_to_dict
+from ..analysis.design import Design, design_to_dict
+from ..analysis.estimate import ClaimTerm
+from ..analysis.verdicts import Settings
+from ..format import fmt_value
+from ..spec import ExperimentSpec, arm_hash, flatten, config_hash_at, override_spec, seed_free_values, spec_to_dict
 
 if TYPE_CHECKING:
     from .spec import ParameterSpec, SweepSpec
 
 WANDB_JOB_TYPE_MAX = 64  # W&B refuses longer job types
+
+
+def cell_label(overrides: Mapping[str, Any]) -> str:
+    return ",".join(f"{k}={fmt_value(v)}" for k, v in overrides.items()) or "baseline"
+
+
+def canonical_value(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
 
 
 @dataclass(frozen=True)
@@ -34,6 +47,29 @@ class Sweep:
     seeds: tuple[int, ...]
     cells: tuple[Cell, ...]  # grid only; empty for random/bayes
     hash: str  # identity of what the sweep runs: a study of the same name must match it
+    design: Design | None = None  # a grid that settles claims or runs in rounds: its planned runs
+    claims: tuple[ClaimTerm, ...] = ()  # its trained claims, as the analysis compares them
+    _specs: dict = field(default_factory=dict, compare=False, repr=False)  # cell label -> (spec, identity values)
+
+    @property
+    def rounds(self) -> bool:
+        """Whether the sweep runs in rounds analysed one after another (a seed schedule, a fraction)."""
+        return self.design is not None and (self.design.kind == "fraction" or self.design.rounds_max > 1)
+
+    def settings(self) -> Settings:
+        """The analysis' settings from the sweep's schedule (defaults for a fixed design)."""
+        schedule = self.spec.seeds if self.design is not None and self.design.kind == "cells" else self.spec.rounds
+        if schedule is None or isinstance(schedule, tuple):
+            return Settings()
+        return Settings(margin=float(schedule.margin), alpha=float(schedule.alpha),
+                        primary_share=float(schedule.primary_share))
+
+    def cell_identity(self, cell: Cell) -> tuple[dict[str, Any], str]:
+        """(the cell's hashed values less the seed, its arm hash), from one validation of its spec."""
+        if cell.label not in self._specs:
+            spec = override_spec(self.base, cell.overrides)
+            self._specs[cell.label] = (seed_free_values(spec), arm_hash(spec))
+        return self._specs[cell.label]
 
     @property
     def method(self) -> str:
@@ -61,6 +97,8 @@ class Sweep:
             "overrides": list(self.overrides), "seeds": list(self.seeds), "sweep_hash": self.hash,
             "cells": [{"label": c.label, "overrides": c.overrides} for c in self.cells],
             "experiment_spec": spec_to_dict(self.base),
+            **({"design": design_to_dict(self.design), "claim_terms": [c.to_dict() for c in self.claims],
+                "settings": asdict(self.settings())} if self.design is not None else {}),
         }
 
 
@@ -84,9 +122,10 @@ def arm_choices(sweep: Sweep) -> dict[str, tuple[Any, ...]]:
 
 
 def cell_config_hash(sweep: Sweep, cell: Cell, seed: int) -> tuple[str, str]:
-    """(config_hash, arm_hash) of one cell x seed, exactly as the trained run records them."""
-    spec = override_spec(sweep.base, {**cell.overrides, "seed": seed})
-    return config_hash(spec), arm_hash(spec)
+    """(config_hash, arm_hash) of one cell x seed, exactly as the trained run records them; the
+    cell's spec is validated once, and the seed only changes the hashed values."""
+    values, arm = sweep.cell_identity(cell)
+    return config_hash_at(values, seed), arm
 
 
 def base_values(sweep: Sweep) -> dict[str, Any]:

@@ -69,7 +69,8 @@ def factor_levels(sweep: Sweep) -> dict[str, list[Any]]:
                 bucket.append(value)
     if sweep.cells:
         levels["arm"] = [job_type(cell.label) for cell in sweep.cells]
-    levels["seed"] = list(sweep.seeds)
+    levels["seed"] = list(sweep.seeds) if sweep.design is None or not sweep.rounds else sorted(
+        {r.seed for r in sweep.design.runs_through(sweep.design.rounds_max)})  # bounded: at most 100 rounds
     return levels
 
 

@@ -25,7 +25,7 @@ from optuna.trial import TrialState
 
 from ..errors import SegsweepError, SweepError
 from ..record import atomic_write_text, check_writable
-from .adaptive import SeedSchedule, run_rounds
+from .adaptive import run_rounds
 from .cells import Sweep
 from .engines import Echo, FitFn, SweepOutcome, real_fit
 from .outputs import SweepProgress, closing_lines, hide_terminal, write_trials_csv
@@ -51,7 +51,7 @@ def run_optuna_sweep(sweep: Sweep, *, workers: int, storage: str | None, results
     study_id = store.get_study_id_from_name(sweep.name)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     where = _write_sweep_yaml(sweep, sweep_dir, location)
-    adaptive = isinstance(sweep.spec.seeds, SeedSchedule)
+    adaptive = sweep.rounds
     if not adaptive:
         echo(_queue(study, sweep, where))
 
@@ -63,7 +63,7 @@ def run_optuna_sweep(sweep: Sweep, *, workers: int, storage: str | None, results
         return run_worker(plan) if workers == 1 else _run_workers(plan, workers, echo, SweepProgress(
             store, study_id, sweep, enabled=sys.stderr.isatty()))
 
-    if adaptive:  # rounds of seeds, each analysed before the next is queued
+    if adaptive:  # rounds (of seeds, or of a fraction), each analysed before the next is queued
         interrupted, pending = run_rounds(study, store, study_id, sweep, sweep_dir, run_round, echo, where)
     else:
         interrupted = run_round()

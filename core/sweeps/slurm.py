@@ -16,7 +16,6 @@ from typing import Any, Mapping, Sequence
 
 from ..errors import SegsweepError, SweepError
 from ..record import check_writable
-from .adaptive import SeedSchedule
 from .cells import Sweep
 from .engines import Echo, SweepOutcome
 from .launch_resume import slurm_job_id
@@ -236,9 +235,11 @@ def submit_slurm_sweep(sweep: Sweep, *, workers: int, storage: str | None, resul
     from .optuna_engine import _open_before_any_work, _queue, _write_sweep_yaml, quiet_optuna
     from .study import open_study, pending_trials
 
-    if isinstance(sweep.spec.seeds, SeedSchedule):
-        raise SweepError(f"{sweep.path}: seeds: a seed schedule needs a driver that analyses each round; "
-                         "with --launcher slurm list the seeds (seeds: [0, 1, 2])")
+    if sweep.rounds:
+        raise SweepError(f"{sweep.path}: {'rounds' if sweep.design.kind == 'fraction' else 'seeds'}: a sweep in "
+                         "rounds needs the driver that analyses each round, which runs with the local launcher "
+                         "(its workers may still be on other machines: --storage postgresql://...); with "
+                         "--launcher slurm list fixed seeds (seeds: [0, 1, 2]) on a grid of arms")
     options = slurm_options(sweep.spec.slurm, pairs, str(sweep.path))
     sweep_dir = (results / "sweeps" / sweep.name).resolve()
     location = storage or sweep.spec.optuna.storage or str(sweep_dir / "journal.log")

@@ -8,21 +8,23 @@ import difflib
 import hashlib
 import json
 import math
-from itertools import product
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, ValidationError, model_validator
 
-from ..errors import SpecError
-from ..format import fmt_value
+from ..errors import SpecError, user_parts
 from ..spec import (
-    SEED_MAX, ExperimentSpec, arm_hash, load_spec, override_spec, parse_override, read_yaml, spec_keys, spec_to_dict,
+    SEED_MAX, ExperimentSpec, load_spec, override_spec, parse_override, read_yaml, spec_to_dict,
 )
-from .adaptive import SeedSchedule, schedule_error
-from .cells import Cell, Sweep
+from .cells import Cell, Sweep, canonical_value as _canonical, cell_label  # noqa: F401  (cell_label: re-exported)
+from .claims import ClaimSpec, check_claim_ids, implicit_claims, resolve_claims
+from .plan import (
+    check_key as _check_key, check_value as _check_value, cells_design, fraction_design, grid_cells,
+    refuse_identical_arms,
+)
 from .launch_spec import SlurmSpec
-from .claims import ClaimSpec, check_claims
+from .schedule import RoundSchedule, ScheduleRule, SeedSchedule, parse_schedule
 
 # A parameter value: what a YAML scalar can be (Optuna's categorical choices are exactly these).
 Scalar = Union[StrictBool, StrictInt, StrictFloat, str, None]
@@ -32,9 +34,7 @@ DISTRIBUTIONS = ("constant", "categorical", "int_uniform", "uniform", "q_uniform
 WANDB_ONLY = ("normal", "q_normal", "log_normal", "q_log_normal", "q_log_uniform", "q_log_uniform_values",
               "inv_log_uniform", "inv_log_uniform_values", "beta", "q_beta")
 # Metrics the trainer reports every epoch (a metrics.csv column), so pruning can see them.
-EPOCH_METRICS = ("val/dice", "val/dice_global", "val/iou", "val/loss", "train/loss")
-# Keys a sweep may not vary: the seed has its own `seeds:` list; name and tracking change no result.
-RESERVED_KEYS = {"seed": "use `seeds: [...]` for replicates", "name": "the sweep names every trial"}
+EPOCH_METRICS = ("val/dice", "val/dice_global", "val/iou", "val/dice_soft_batch8", "val/loss", "train/loss")
 WANDB_JOB_TYPE_MAX = 64  # W&B refuses longer job types
 
 class _Section(BaseModel):
@@ -129,6 +129,20 @@ class OptunaSpec(_Section):
     max_retry: int = Field(3, ge=0)  # stale retries of one trial per run of the command
 
 
+class FractionSpec(_Section):
+    """`fraction: {runs: 16}` (generators from the minimum-aberration table) or
+    `fraction: {generators: [E=ABC, F=BCD]}` (letters in the order of `factors:`)."""
+
+    runs: int | None = Field(None, ge=4, le=4096)
+    generators: tuple[str, ...] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> "FractionSpec":
+        if (self.runs is None) == (self.generators is None):
+            raise ValueError("give exactly one of `runs` (a minimum-aberration fraction) or `generators`")
+        return self
+
+
 class SweepSpec(_Section):
     name: str | None = Field(None, min_length=1, pattern=r"^[A-Za-z0-9_.+-]+$")  # None: the file's stem
     description: str | None = None
@@ -143,28 +157,35 @@ class SweepSpec(_Section):
     early_terminate: EarlyTerminateSpec | None = None
     keep_last: bool = False  # keep every trial's checkpoints/last.pt (best.pt is always kept)
     claims: tuple[ClaimSpec, ...] | None = None  # claims the arms settle: the report opens with them
+    # A two-level (fractional) factorial: key -> [the recipe's level, the other level]; `arms` are
+    # then side arms beside it, each paired by seed with a recipe run
+    factors: dict[str, tuple[Scalar, Scalar]] | None = Field(None, min_length=2)
+    fraction: FractionSpec | None = None  # None: the full factorial of `factors`
+    rounds: RoundSchedule | None = None  # a fraction's rounds (default: 2, analysed once)
     optuna: OptunaSpec = OptunaSpec()
     slurm: SlurmSpec | None = None  # --launcher slurm: the workers' job array (launch_spec.py)
 
     @model_validator(mode="before")
     @classmethod
-    def _seed_schedule(cls, tree: Any) -> Any:
-        if isinstance(tree, Mapping) and isinstance(tree.get("seeds"), Mapping):
-            try:
-                return {**tree, "seeds": SeedSchedule.model_validate(tree["seeds"])}
-            except ValidationError as exc:
-                raise _KeyError(*schedule_error(exc)) from None
-        return tree
+    def _schedules(cls, tree: Any) -> Any:
+        if not isinstance(tree, Mapping):
+            return tree
+        out = dict(tree)
+        for key, model in (("seeds", SeedSchedule), ("rounds", RoundSchedule)):
+            if isinstance(tree.get(key), Mapping):
+                try:
+                    out[key] = parse_schedule(tree[key], key, model)
+                except ScheduleRule as rule:
+                    raise _KeyError(rule.key, str(rule)) from None
+        return out
 
     @model_validator(mode="after")
     def _method_rules(self) -> "SweepSpec":
+        self._fraction_rules()
         if isinstance(self.seeds, SeedSchedule):
             if self.method != "grid" or self.optuna.prune_grid:
                 raise _KeyError("seeds", "a seed schedule adds seeds to grid cells: use method: grid without "
                                 "optuna.prune_grid (a pruned trial has no test Dice to analyse)")
-            if self.seeds.planned_seeds()[-1] > SEED_MAX:
-                raise _KeyError("seeds.max", f"the planned seeds go up to {self.seeds.planned_seeds()[-1]}, "
-                                f"above {SEED_MAX}")
         elif self.seeds is not None:
             if any(not 0 <= s <= SEED_MAX for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
                 raise _KeyError("seeds", f"expected distinct integers in 0..{SEED_MAX} (what the random generators "
@@ -191,11 +212,43 @@ class SweepSpec(_Section):
                             "keep one of them")
         return self
 
+    def _fraction_rules(self) -> None:
+        if self.factors is None:
+            for key in ("fraction", "rounds"):
+                if getattr(self, key) is not None:
+                    raise _KeyError(key, f"`{key}:` belongs to a fraction: give `factors:` (key: [recipe level, "
+                                    "other level]) too")
+            return
+        if self.method != "grid" or self.optuna.prune_grid:
+            raise _KeyError("factors", "a fraction is a grid: use method: grid without optuna.prune_grid")
+        if self.seeds is not None:
+            raise _KeyError("seeds", "every run of a fraction gets its own seed: set `rounds.seed` (the first "
+                            "run's) and the rounds in `rounds:`, not `seeds:`")
+        grid = [k for k, p in self.parameters.items() if p.kind != "constant"]
+        if grid:
+            raise _KeyError(f"parameters.{grid[0]}", "a fraction varies only its `factors:` (and side `arms:`); "
+                            "make this a factor with two levels, or a constant")
+        for key, levels in self.factors.items():
+            if _canonical(levels[0]) == _canonical(levels[1]):
+                raise _KeyError(f"factors.{key}", f"the two levels must differ (got {list(levels)})")
+        for i, arm in enumerate(self.arms or ()):
+            if not arm:
+                raise _KeyError(f"arms[{i}]", "the recipe runs in every round of a fraction; list only side arms")
+            shared = [k for k in arm if k in self.factors]
+            if shared:
+                raise _KeyError(f"arms[{i}]", f"{shared[0]!r} is a factor of the fraction; a side arm changes "
+                                "other keys (it runs at the recipe's level of every factor)")
+        if self.rounds is not None and self.rounds.add not in ("replicate", "foldover", *self.factors):
+            raise _KeyError("rounds.add", f"expected replicate, foldover or a factor's key ({', '.join(self.factors)}), "
+                            f"got {self.rounds.add!r}")
+
     @model_validator(mode="after")
     def _claims_name_arms(self) -> "SweepSpec":
-        problem = check_claims(self.claims, self.arms)
+        problem = check_claim_ids(self.claims)
         if problem is not None:
             raise _KeyError(*problem)
+        if self.claims and self.arms is None and self.factors is None:
+            raise _KeyError("claims", "claims compare arms: give `arms:` (method grid) or `factors:` (a fraction)")
         return self
 
     @property
@@ -214,14 +267,6 @@ class _KeyError(ValueError):
 # --------------------------------------------------------------------------- labels and identity
 
 
-def cell_label(overrides: Mapping[str, Any]) -> str:
-    return ",".join(f"{k}={fmt_value(v)}" for k, v in overrides.items()) or "baseline"
-
-
-def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True)
-
-
 def _hash(tree: Any) -> str:
     return hashlib.sha256(json.dumps(tree, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()[:12]
 
@@ -230,13 +275,8 @@ def _hash(tree: Any) -> str:
 
 
 def _user_loc(raw: Sequence[Any]) -> tuple[list[str], int]:
-    """The dotted location the user wrote, without pydantic's union branches ('int', 'str', ...)."""
-    loc = [str(p) for p in raw]
-    branches = 0
-    while loc and (loc[-1] in {"int", "float", "str", "bool", "none"} or any(c in loc[-1] for c in "[(")):
-        loc.pop()
-        branches += 1
-    return loc, branches
+    """The location the user wrote (list indices as `[i]`), without pydantic's union branches."""
+    return user_parts(raw)
 
 
 def _describe(error: Mapping[str, Any]) -> tuple[str, str]:
@@ -245,55 +285,41 @@ def _describe(error: Mapping[str, Any]) -> tuple[str, str]:
     if isinstance(cross, _KeyError):
         return cross.key, str(cross)
     loc, branches = _user_loc(error["loc"])
+    key = ".".join(loc)
     value = error.get("input")
     if isinstance(value, float) and not math.isfinite(value):  # refused by allow_inf_nan=False
-        return ".".join(loc), f"expected a finite number, got {value!r}"
-    if branches and (loc[0] == "arms" or loc[-1] == "value" or loc[-2:-1] == ["values"]):
-        return ".".join(loc), f"expected a single value (string, number, true/false or null), got {error['input']!r}"
+        return key, f"expected a finite number, got {value!r}"
+    if branches and (loc[0].startswith("arms") or loc[-1] == "value" or loc[-1].startswith("values[")):
+        return key, f"expected a single value (string, number, true/false or null), got {error['input']!r}"
     if error["type"] in ("tuple_type", "list_type"):
-        return ".".join(loc), f"expected a list, got {error['input']!r}"
+        return key, f"expected a list, got {error['input']!r}"
     if error["type"] == "extra_forbidden":
-        parent: type[BaseModel] = SweepSpec
-        sections = {"metric": MetricSpec, "early_terminate": EarlyTerminateSpec, "optuna": OptunaSpec,
-                    "slurm": SlurmSpec}
-        if len(loc) == 2 and loc[0] in sections:
-            parent = sections[loc[0]]
-        elif len(loc) == 3 and loc[0] == "parameters":
-            parent = ParameterSpec
-        elif len(loc) != 1:
-            return ".".join(loc), "unknown key"
+        parent = _section_of(loc)
+        if parent is None:
+            return key, "unknown key"
         valid = list(parent.model_fields)
         close = difflib.get_close_matches(loc[-1], valid, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        return ".".join(loc), f"unknown key; {hint}valid keys: {', '.join(valid)}"
+        return key, f"unknown key; {hint}valid keys: {', '.join(valid)}"
     message = error["msg"].removeprefix("Value error, ")
     if "input" in error and error["type"] != "missing" and not isinstance(error["input"], Mapping):
         message = f"{message} (got {error['input']!r})"
-    return ".".join(loc), message
+    return key, message
 
 
-def _check_key(path: Path, where: str, key: str) -> None:
-    """A varied key must be a key of the experiment spec that changes what is trained."""
-    if key in RESERVED_KEYS:
-        raise SpecError(f"{path}: {where}: {key!r} cannot be varied here; {RESERVED_KEYS[key]}")
-    if key == "tracking" or key.startswith("tracking."):
-        raise SpecError(f"{path}: {where}: tracking settings change no result; set them in the experiment spec")
-    keys = spec_keys()
-    if key not in keys:
-        close = difflib.get_close_matches(key, list(keys), n=3, cutoff=0.7)
-        hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
-        sections = sorted({k.split('.')[0] for k in keys})
-        raise SpecError(f"{path}: {where}: {key!r} is not a key of the experiment spec{hint} "
-                        f"(dotted keys under: {', '.join(sections)})")
-
-
-def _check_value(path: Path, where: str, base: ExperimentSpec, key: str, value: Any) -> None:
-    """Each value a parameter can take must validate in the experiment spec."""
-    try:
-        override_spec(base, {key: value})
-    except SpecError as exc:
-        reason = str(exc).removeprefix(f"override {key}={value!r}: ")
-        raise SpecError(f"{path}: {where} = {value!r} is invalid for the experiment: {reason}") from None
+def _section_of(loc: Sequence[str]) -> type[BaseModel] | None:
+    """The model whose keys are valid where an unknown key `loc` stands (None: not a mapping of ours)."""
+    sections = {"metric": MetricSpec, "early_terminate": EarlyTerminateSpec, "optuna": OptunaSpec,
+                "slurm": SlurmSpec, "fraction": FractionSpec}
+    if len(loc) == 1:
+        return SweepSpec
+    if len(loc) == 2 and loc[0] in sections:
+        return sections[loc[0]]
+    if len(loc) == 2 and loc[0].startswith("claims["):
+        return ClaimSpec
+    if len(loc) == 3 and loc[0] == "parameters":
+        return ParameterSpec
+    return None
 
 
 def load_sweep(path: str | Path, overrides: Sequence[str] | Mapping[str, Any] = ()) -> Sweep:
@@ -326,7 +352,43 @@ def load_sweep(path: str | Path, overrides: Sequence[str] | Mapping[str, Any] = 
         raise SpecError(f"override {clash}={typed[clash]!r}: {clash} is varied by the sweep {path}; "
                         "remove it from the command line or from the sweep's parameters/arms")
     base = load_spec(experiment, typed)
+    _check_parameters(path, spec, base, typed)
+    constants = {k: p.value for k, p in spec.parameters.items() if p.kind == "constant" and k not in typed}
+    base = override_spec(base, constants) if constants else base
+    if isinstance(spec.seeds, SeedSchedule):  # bounded by the schedule's limits, checked before this
+        seeds = (*spec.seeds.initial, *range(max(spec.seeds.initial) + 1,
+                                             max(spec.seeds.initial) + 1 + spec.seeds.max - len(spec.seeds.initial)))
+    else:
+        seeds = () if spec.factors else (spec.seeds or (base.seed,))
 
+    if spec.factors:
+        cells, design = fraction_design(path, spec, base)
+    else:
+        cells = grid_cells(path, spec, base) if spec.method == "grid" else ()
+        design = cells_design(spec, base, cells, seeds) if spec.method == "grid" and (
+            spec.claims or isinstance(spec.seeds, SeedSchedule)) else None
+    if design is not None:
+        refuse_identical_arms(path, spec, base, design)
+    grid_keys = [k for k, prm in spec.parameters.items() if prm.kind == "categorical"]
+    claims = resolve_claims(path, spec.claims or (), base, design, grid_keys) if design is not None else ()
+    if design is not None and not spec.claims:
+        claims = implicit_claims(design, grid_keys if spec.arms is not None else ())
+    dumped = spec.model_dump(mode="json", exclude={"run_cap": True, "keep_last": True, "claims": True, "optuna": {
+        "storage": True, "heartbeat_interval": True, "grace_period": True, "max_retry": True}, "slurm": True})
+    for later in ("factors", "fraction", "rounds"):  # keys added since: absent unless used, so old hashes hold
+        if dumped.get(later) is None:
+            dumped.pop(later, None)
+    identity = {
+        "sweep": dumped,
+        "name": name, "base": {k: v for k, v in spec_to_dict(base).items() if k not in ("tracking", "name")},
+        "seeds": list(seeds), "cells": [c.overrides for c in cells],
+    }
+    return Sweep(path=path, spec=spec, name=name, base=base, overrides=cli, seeds=tuple(seeds), cells=cells,
+                 hash=_hash(identity), design=design, claims=claims)
+
+
+def _check_parameters(path: Path, spec: SweepSpec, base: ExperimentSpec, typed: Mapping[str, Any]) -> None:
+    """Every value a parameter can take must validate in the base experiment."""
     for key, param in spec.parameters.items():
         _check_key(path, f"parameters.{key}", key)
         if param.kind == "constant":
@@ -347,19 +409,6 @@ def load_sweep(path: str | Path, overrides: Sequence[str] | Mapping[str, Any] = 
                 except SpecError:
                     raise SpecError(f"{path}: parameters.{key}: a float range on an integer key; use "
                                     "distribution: int_uniform with integer min and max") from None
-    constants = {k: p.value for k, p in spec.parameters.items() if p.kind == "constant" and k not in typed}
-    base = override_spec(base, constants) if constants else base
-    seeds = spec.seeds.planned_seeds() if isinstance(spec.seeds, SeedSchedule) else (spec.seeds or (base.seed,))
-
-    cells = _grid_cells(path, spec, base) if spec.method == "grid" else ()
-    identity = {
-        "sweep": spec.model_dump(mode="json", exclude={"run_cap": True, "keep_last": True, "claims": True, "optuna": {
-            "storage": True, "heartbeat_interval": True, "grace_period": True, "max_retry": True}, "slurm": True}),
-        "name": name, "base": {k: v for k, v in spec_to_dict(base).items() if k not in ("tracking", "name")},
-        "seeds": list(seeds), "cells": [c.overrides for c in cells],
-    }
-    return Sweep(path=path, spec=spec, name=name, base=base, overrides=cli, seeds=tuple(seeds), cells=cells,
-                 hash=_hash(identity))
 
 
 def _refuse_experiment_file(path: Path, tree: Mapping[str, Any]) -> None:
@@ -370,36 +419,3 @@ def _refuse_experiment_file(path: Path, tree: Mapping[str, Any]) -> None:
                         f"train it with: segsweep run {path}")
 
 
-def _grid_cells(path: Path, spec: SweepSpec, base: ExperimentSpec) -> tuple[Cell, ...]:
-    """Arms x the product of categorical parameters; every cell validated, no two cells alike."""
-    grid = {k: p.values for k, p in spec.parameters.items() if p.kind == "categorical"}
-    arms = spec.arms if spec.arms is not None else ({},)
-    for i, arm in enumerate(arms):
-        for key, value in arm.items():
-            _check_key(path, f"arms[{i}]", key)
-            if key in grid:
-                raise SpecError(f"{path}: arms[{i}]: {key!r} is also a grid parameter; vary it in one place")
-            if key in spec.parameters:
-                raise SpecError(f"{path}: arms[{i}]: {key!r} is a constant parameter; an arm cannot change it")
-            _check_value(path, f"arms[{i}].{key}", base, key, value)
-    arm_labels = [cell_label(arm) for arm in arms]
-    cells: list[Cell] = []
-    seen: dict[str, str] = {}
-    for arm_index, arm in enumerate(arms):
-        for combo in product(*grid.values()):
-            overrides = {**arm, **dict(zip(grid, combo))}
-            try:
-                cell_spec = override_spec(base, overrides)
-            except SpecError as exc:
-                raise SpecError(f"{path}: cell {cell_label(overrides)}: {exc}") from None
-            label = cell_label(overrides)
-            identity = arm_hash(cell_spec)
-            if identity in seen:
-                raise SpecError(f"{path}: cells {seen[identity]!r} and {label!r} train the same configuration; "
-                                "remove one (an arm equal to the baseline, or a repeated value)")
-            seen[identity] = label
-            params = dict(zip(grid, combo))
-            if spec.arms is not None:
-                params = {"arm": arm_labels[arm_index], **params}
-            cells.append(Cell(label=label, overrides=overrides, params=params))
-    return tuple(cells)

@@ -12,7 +12,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import SweepError
-from .adaptive import SeedSchedule
+from ..analysis.design import PlannedRun
 from .cells import Sweep, cell_config_hash
 from .launch_resume import resumes
 from .storage import is_retry
@@ -102,8 +102,9 @@ def holds(trial: FrozenTrial) -> bool:
     return trial.state == TrialState.FAIL and trial.user_attrs.get("status") in SETTLED_FAILURES
 
 
-def enqueue_grid(study: optuna.Study, sweep: Sweep) -> int:
-    """Queue every cell x seed whose config hash no trial holds yet (idempotent across reruns).
+def enqueue_grid(study: optuna.Study, sweep: Sweep, runs: Sequence[PlannedRun] | None = None) -> int:
+    """Queue every cell x seed whose config hash no trial holds yet (idempotent across reruns):
+    the given runs of a design (with their round), else every seed x cell.
 
     Seed-major order: all cells of the first seed finish first, so a partial sweep still compares
     every arm. The seed is a user attribute (and part of the config hash), never a parameter: it
@@ -113,17 +114,20 @@ def enqueue_grid(study: optuna.Study, sweep: Sweep) -> int:
     lower-numbered copy run.
     """
     held = {t.user_attrs.get("config_hash") for t in study.get_trials(deepcopy=False) if holds(t)}
+    cells = {c.label: c for c in sweep.cells}
+    if runs is None:
+        pairs = [(cell, seed, None) for seed in sweep.seeds for cell in sweep.cells]
+    else:
+        pairs = [(cells[run.cell], run.seed, run.round) for run in runs]
     queued = 0
-    for seed in sweep.seeds:
-        for cell in sweep.cells:
-            chash, ahash = cell_config_hash(sweep, cell, seed)
-            if chash in held:
-                continue
-            study.enqueue_trial(dict(cell.params), user_attrs={
-                "config_hash": chash, "arm_hash": ahash, "seed": seed, "cell": cell.label, "overrides": cell.overrides,
-            })
-            held.add(chash)
-            queued += 1
+    for cell, seed, round_ in pairs:
+        chash, ahash = cell_config_hash(sweep, cell, seed)
+        if chash in held:
+            continue
+        attrs = {"config_hash": chash, "arm_hash": ahash, "seed": seed, "cell": cell.label, "overrides": cell.overrides}
+        study.enqueue_trial(dict(cell.params), user_attrs={**attrs, **({"round": round_} if round_ else {})})
+        held.add(chash)
+        queued += 1
     return queued
 
 
@@ -163,16 +167,25 @@ def budget_used(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
 
 def planned_cells(sweep: Sweep, queued: set[str | None]) -> dict[str, list[tuple[int, str]]]:
     """Per grid cell label, its (seed, config hash) to run in seed order: every seed of `seeds:`;
-    with a seed schedule (adaptive seeds), the initial seeds and each later seed a round queued
-    for the cell (its hash is in `queued`, the config hashes of the study's trials), never the
-    seeds up to `max` that no round asked for."""
-    schedule = sweep.spec.seeds if isinstance(sweep.spec.seeds, SeedSchedule) else None
+    for a sweep in rounds, the runs of the initial rounds and of each later round that was queued
+    (some of its config hashes are in `queued`, the config hashes of the study's trials), never
+    the rounds up to the maximum that nobody asked for (they are generated one at a time)."""
     out: dict[str, list[tuple[int, str]]] = {cell.label: [] for cell in sweep.cells}
-    for seed in sweep.seeds:
-        for cell in sweep.cells:
-            chash = cell_config_hash(sweep, cell, seed)[0]
-            if schedule is None or seed in schedule.initial or chash in queued:
-                out[cell.label].append((seed, chash))
+    cells = {c.label: c for c in sweep.cells}
+    if not sweep.rounds:
+        for seed in sweep.seeds:
+            for cell in sweep.cells:
+                out[cell.label].append((seed, cell_config_hash(sweep, cell, seed)[0]))
+        return out
+    design = sweep.design
+    for round_ in range(1, design.rounds_max + 1):
+        runs = [(run, cell_config_hash(sweep, cells[run.cell], run.seed)[0]) for run in design.runs(round_)]
+        if round_ > design.schedule.initial and not any(chash in queued for _, chash in runs):
+            break
+        for run, chash in runs:
+            out[run.cell].append((run.seed, chash))
+    for runs in out.values():
+        runs.sort()
     return out
 
 

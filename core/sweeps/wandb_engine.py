@@ -28,6 +28,10 @@ def to_wandb_config(sweep: Sweep) -> dict[str, Any]:
     `experiment`, `keep_last` and `optuna` are dropped (the agent runs in-process, so no
     `program`). Constant parameters stay W&B constants.
     """
+    if sweep.rounds:
+        raise SweepError(f"{sweep.path}: this sweep runs in rounds analysed one after another (a seed schedule or a "
+                         "fraction), which W&B's sweep server cannot drive: use --engine optuna (its runs still log "
+                         "to W&B)")
     spec = sweep.spec
     base = base_values(sweep)
     parameters: dict[str, Any] = {}

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import stats
 from ..format import format_level
-from .design import Arm, Study, matched_pairs, same_level, slice_key, slices
+from .arms import Arm, Study, matched_pairs, same_level, slice_key, slices
 
 
 @dataclass(frozen=True)
