@@ -16,8 +16,9 @@ from typing import Any, Callable
 
 import torch
 
-from .errors import CheckpointError
-from .record import TEMP_SUFFIX, atomic_write, read_metrics, staged_write
+from .errors import CheckpointError, SegsweepError
+from .record import TEMP_SUFFIX, MetricsFile, atomic_write, parse_metrics, staged_write
+from .schema import WALL_CLOCK_COLUMNS
 from .spec import flatten, read_yaml, spec_from_dict, spec_to_dict
 
 
@@ -237,35 +238,81 @@ def checkpoint_epoch(path: Path, complete: bool = False) -> int | None:
 # --------------------------------------------------------------------------- resuming a run folder
 
 
-def check_resume_identity(run_dir: Path, last: Path) -> None:
-    """Refuse (`CheckpointError`, nothing touched) a `last.pt` that is not this folder's own.
+def check_resume_identity(run_dir: Path, last: Path, rewrite_record: bool = False) -> str | None:
+    """Refuse (`CheckpointError`, nothing touched) a `last.pt` that is not this folder's own, and a
+    metrics.csv that does not agree with it.
 
     Resuming rewrites config.yaml, metrics.csv and summary.json from the checkpoint, so a
     last.pt copied from another run would overwrite this run's record with that one's. The
     checkpoint's spec must be the folder's config.yaml, and each epoch in its history the
     folder's metrics.csv row of that epoch (metrics.csv is written before last.pt, so it can
-    only be ahead). Old folders without those files are taken as they are.
+    only be one epoch ahead); a row trained at another time (its wall-clock columns differ) is
+    another run's. A metrics.csv that is damaged or was edited is named as such, with the line:
+    `rewrite_record` then lets the run resume (fit rewrites metrics.csv from last.pt's history) and
+    this returns what was wrong; None when nothing was. Old folders without those files are taken
+    as they are.
     """
     payload = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
     stored = flatten(spec_to_dict(spec_from_dict(payload.get("spec"), str(last))))
     config = run_dir / "config.yaml"
-    refused = f"{run_dir}: refused to resume: checkpoints/last.pt belongs to another run"
     if config.is_file():
         own = flatten(spec_to_dict(spec_from_dict(read_yaml(config), str(config))))
         differ = [key for key in {**own, **stored} if own.get(key) != stored.get(key)]
         if differ:
             key = differ[0]
-            raise CheckpointError(f"{refused} (its spec has {key}={stored.get(key)!r}, config.yaml has "
+            raise CheckpointError(f"{run_dir}: {REFUSED} (its spec has {key}={stored.get(key)!r}, config.yaml has "
                                   f"{own.get(key)!r}); nothing was changed")
+    path, epoch = run_dir / "metrics.csv", int(payload.get("epoch", 0))
     history = (payload.get("state") or {}).get("history")
-    if not (run_dir / "metrics.csv").is_file() or history is None:
-        return
-    rows = {int(row["epoch"]): row for row in read_metrics(run_dir)}
+    if not path.is_file():
+        return None
+    try:
+        record = parse_metrics(path)
+    except SegsweepError as exc:
+        if history is None:  # an older last.pt: the trainer reads its epochs from metrics.csv
+            raise CheckpointError(f"{exc}; nothing was changed: this last.pt (an older segsweep's) keeps no "
+                                  "copy of the epochs to rewrite metrics.csv from, so repair metrics.csv by hand") from None
+        problem = str(exc).removeprefix(f"{path}: ")
+    else:
+        problem = None if history is None else _disagreement(run_dir, record, history, epoch)
+    if problem is not None and not rewrite_record:
+        raise CheckpointError(f"{path}: {problem}; nothing was changed: to resume from checkpoints/last.pt (saved "
+                              f"after epoch {epoch}) and rewrite metrics.csv from the epochs it records, add "
+                              "--rewrite-record")
+    return problem
+
+
+REFUSED = "refused to resume: checkpoints/last.pt belongs to another run"
+
+
+def _disagreement(run_dir: Path, record: MetricsFile, history: list[dict[str, Any]], epoch: int) -> str | None:
+    """What is wrong with a readable metrics.csv beside last.pt (saved after `epoch`, with these
+    rows), or None; a row of another run (trained at another time) is a `CheckpointError`."""
+    rows = {int(values["epoch"]): (line, values) for line, values in record.rows}
+    cut = record.rows[-1][0] if record.rows and record.open_end else None  # a last line without its end
+    edited = None
     for saved in history:
-        epoch = int(saved["epoch"])
-        row = rows.get(epoch)
-        if row is None or any(not _same(row[k], saved[k]) for k in row if k in saved):
-            raise CheckpointError(f"{refused} (its epoch {epoch} is not the one in metrics.csv); nothing was changed")
+        line, values = rows.get(int(saved["epoch"]), (None, {}))
+        differ = [k for k in values if k in saved and not _same(values[k], saved[k])]
+        if not differ:
+            continue
+        key = next((k for k in differ if k in WALL_CLOCK_COLUMNS), differ[0])
+        seen = f"{key} {values[key]!r} in metrics.csv, {saved[key]!r} in last.pt"
+        if line == cut and differ == [record.columns[-1]]:
+            edited = edited or f"line {line} is cut short (the file ends inside it: {seen})"
+        elif key in WALL_CLOCK_COLUMNS:
+            raise CheckpointError(f"{run_dir}: {REFUSED} (its epoch {saved['epoch']} is not the one in metrics.csv, "
+                                  f"which was trained at another time: {seen}); nothing was changed")
+        else:
+            edited = edited or f"line {line} (epoch {saved['epoch']}) was changed after it was written ({seen})"
+    held = len(rows)
+    span = "no epoch (only its header)" if not held else "epoch 1" if held == 1 else f"epochs 1-{held}"
+    if held < epoch:
+        return f"holds {span} but last.pt was saved after epoch {epoch}"
+    if held > epoch + 1:
+        return (f"holds {span} but last.pt was saved after epoch {epoch} (only epoch {epoch + 1} may be ahead of "
+                "it, written just before a run was killed)")
+    return edited
 
 
 def _same(a: Any, b: Any) -> bool:

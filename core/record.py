@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -197,12 +197,83 @@ def write_metrics(run_dir: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     atomic_write_text(run_dir / "metrics.csv", csv_text(METRIC_COLUMNS, rows))
 
 
+class MetricsFile(NamedTuple):
+    """metrics.csv as read: its columns, each row's line number and values (empty cells left
+    out), and whether its last line lacks the line end every written line has."""
+
+    columns: tuple[str, ...]
+    rows: tuple[tuple[int, dict[str, float]], ...]
+    open_end: bool
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, float]]:
+    """metrics.csv's rows ([] when there is none); a damaged file is a `SegsweepError` naming
+    the line (`parse_metrics`)."""
     path = run_dir / "metrics.csv"
-    if not path.exists():
-        return []
-    with open(path, newline="", encoding="utf-8") as fh:
-        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in csv.DictReader(fh)]
+    return [values for _, values in parse_metrics(path).rows] if path.exists() else []
+
+
+def parse_metrics(path: Path) -> MetricsFile:
+    """Read metrics.csv strictly: UTF-8 text without NUL bytes, the header (epoch first, known
+    columns), then one row per epoch 1, 2, 3, ... with a number in each cell. Anything else (a
+    cut, a hand edit, garbage) is one line naming the file and the line."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise SegsweepError(f"{path}: line {line} is not UTF-8 text (byte 0x{data[exc.start]:02x}); "
+                            "expected the CSV segsweep writes") from None
+    if "\0" in text:
+        raise SegsweepError(f"{path}: line {text.count(chr(10), 0, text.index(chr(0))) + 1} holds a NUL byte; "
+                            "expected the CSV segsweep writes")
+    lines = _csv_records(path, text)
+    if not lines:
+        raise SegsweepError(f"{path}: is empty; expected the header ({','.join(METRIC_COLUMNS)}) and a row per epoch")
+    columns = tuple(lines[0][1])
+    unknown = [c for c in columns if c not in METRIC_COLUMNS]
+    if not columns or columns[0] != "epoch" or unknown or len(set(columns)) < len(columns):
+        raise SegsweepError(f"{path}: line 1 is not the header: expected columns of {','.join(METRIC_COLUMNS)}, "
+                            f"epoch first (got {','.join(columns)[:80]!r})")
+    rows = []
+    for number, cells in lines[1:]:
+        if not cells:
+            continue  # a blank line
+        rows.append((number, _metrics_row(path, number, columns, cells, len(rows) + 1)))
+    return MetricsFile(columns, tuple(rows), not text.endswith(("\n", "\r")))
+
+
+def _csv_records(path: Path, text: str) -> list[tuple[int, list[str]]]:
+    """Each CSV record with the line it starts on."""
+    reader, records, start = csv.reader(io.StringIO(text, newline="")), [], 1
+    try:
+        for cells in reader:
+            records.append((start, cells))
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        raise SegsweepError(f"{path}: line {start} is not CSV ({exc}); expected the CSV segsweep writes") from None
+    return records
+
+
+def _metrics_row(path: Path, number: int, columns: Sequence[str], cells: list[str], epoch: int) -> dict[str, float]:
+    """One row's values; `epoch` is the one this row must hold (rows go 1, 2, 3, ...)."""
+    if len(cells) != len(columns):
+        what = (f"is cut short ({len(cells)} of the header's {len(columns)} values)" if len(cells) < len(columns)
+                else f"has {len(cells)} values where the header names {len(columns)}")
+        raise SegsweepError(f"{path}: line {number} {what}")
+    values: dict[str, float] = {}
+    for column, cell in zip(columns, cells):
+        if column != "epoch" and cell == "":
+            continue  # a column the run did not record then
+        try:
+            values[column] = int(cell) if column == "epoch" else float(cell)
+        except ValueError:
+            kind = "a whole number" if column == "epoch" else "a number"
+            raise SegsweepError(f"{path}: line {number}, column {column}: {cell[:40]!r} is not {kind}") from None
+    if values["epoch"] != epoch:
+        raise SegsweepError(f"{path}: line {number} holds epoch {values['epoch']} where epoch {epoch} belongs "
+                            "(one row per epoch, in order from 1)")
+    return values
 
 
 def write_per_image(run_dir: Path, rows: Sequence[tuple[str, float, float]], name: str = "test_per_image.csv") -> None:

@@ -9,6 +9,13 @@ from typing import Any, Callable, Iterator
 from .errors import UnknownNameError
 
 
+def unknown_name(kind: str, name: object, valid: list[str]) -> str:
+    """'unknown model 'vit'; did you mean ...? valid: ...': the one line for a name not in `valid`."""
+    close = difflib.get_close_matches(str(name), valid, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ";"
+    return f"unknown {kind} {name!r}{hint} valid: {', '.join(map(repr, valid))}"
+
+
 class Registry:
     """Maps names to entries (classes or factories); `build(name, **params)` calls the entry.
 
@@ -54,9 +61,7 @@ class Registry:
 
     def unknown(self, name: str) -> str:
         """The one-line message for a name nobody registered."""
-        close = difflib.get_close_matches(str(name), self.names(), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ";"
-        return f"unknown {self.kind} {name!r}{hint} valid: {', '.join(map(repr, self.names()))}"
+        return unknown_name(self.kind, name, self.names())
 
     def get(self, name: str) -> Callable[..., Any]:
         if name not in self._entries:

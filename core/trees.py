@@ -46,6 +46,28 @@ def safe_load_unique(text: str) -> Any:
     return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
 
 
+# Characters a spec may hold by accident that show as nothing in an error or an editor.
+_INVISIBLE = {
+    "\ufeff": "a byte-order mark (U+FEFF), an invisible character; remove it (a file may begin with one, "
+               "nowhere else)",
+    "\x00": "a NUL byte (U+0000), which YAML text cannot hold (a binary or damaged file?); remove it",
+}
+
+
+def _position(text: str, index: int) -> str:
+    """'line 3, column 8' of `text[index]` (both from 1)."""
+    return f"line {text.count(chr(10), 0, index) + 1}, column {index - text.rfind(chr(10), 0, index)}"
+
+
+def _refuse_invisible(path: Path, text: str) -> None:
+    """A NUL byte anywhere, or a byte-order mark anywhere but the very start (e.g. a doubled one),
+    is named with its line, not shown as itself."""
+    found = [i for i in (text.find("\x00"), text.find("\ufeff", 1)) if i >= 0]
+    if found:
+        index = min(found)
+        raise SpecError(f"{path}: {_position(text, index)}: {_INVISIBLE[text[index]]}")
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     """Read one YAML mapping with `safe_load` (repeated keys refused); anything else is a
     `SpecError` naming the file."""
@@ -54,9 +76,14 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise SpecError(f"{path}: spec file not found")
     try:
-        data = safe_load_unique(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        _refuse_invisible(path, text)
+        data = safe_load_unique(text)
     except DuplicateKeyError as exc:
         raise SpecError(f"{path}: {exc}") from None
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow: say which, and where
+        raise SpecError(f"{path}: {_position(text, exc.position)}: invalid YAML: character "
+                        f"U+{exc.character:04X} is not allowed ({exc.reason})") from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" line {where.line + 1}" if where is not None else ""

@@ -59,6 +59,21 @@ SPEC_CASES = [
     ("extends-directory", "extends: .\n", [], ["bad.yaml: extends: '.'", "is a directory"]),
     ("extends-non-yaml", "extends: {r}/README.md\n", [], ["bad.yaml: extends:", "README.md", "not a YAML spec"]),
     ("extends-not-a-path", "extends: [a.yaml]\n", [], ["bad.yaml: extends:", "expected a path"]),
+    # Characters that show as nothing: named, with their line (issue 25, class 10).
+    ("doubled-byte-order-mark", "\ufeff\ufeffextends: {q}\n", [],
+     ["bad.yaml: line 1, column 2", "a byte-order mark (U+FEFF)", "remove it"]),
+    ("byte-order-mark-in-a-value", "extends: {q}\nname: \ufeffmine\n", [],
+     ["bad.yaml: line 2, column 7", "a byte-order mark (U+FEFF)"]),
+    ("nul-byte", "extends: {q}\ntrain: {{epochs: 2}}\x00\n", [], ["bad.yaml: line 2, column 19", "a NUL byte (U+0000)"]),
+    ("control-character", "extends: {q}\nname: mine\x07\n", [],
+     ["bad.yaml: line 2, column 11", "invalid YAML", "character U+0007 is not allowed"]),
+    # Registry names that do not exist, all answered from the table of names (issue 25, class 8).
+    ("loss-term-typo", "extends: {q}\nloss: {{dcie: 1}}\n", [], ["bad.yaml", "loss.dcie", "did you mean 'dice'"]),
+    ("unknown-optimiser", "extends: {q}\noptim: {{name: adan}}\n", [],
+     ["bad.yaml", "optim.name", "unknown optimiser 'adan'", "'adam'"]),
+    ("override-unknown-scheduler", None, ["optim.scheduler=cosine_warm"],
+     ["override optim.scheduler", "unknown scheduler", "'warmup_cosine'"]),
+    ("override-unknown-dataset", None, ["data.name=pets"], ["override data.name", "unknown dataset 'pets'", "'oxford_pet'"]),
 ]
 
 
@@ -492,7 +507,9 @@ def test_resume_identity_accepts_the_folders_own_checkpoint(trained_run: Path, t
 OOM_CASES = [
     ("absurd-image-size", ["data.image_size=4096", "train.batch_size=64", "model.base_channels=64"],
      ["data.image_size 4096", "train.batch_size 64", "width 64"]),
-    ("absurd-batch", ["data.image_size=1024", "train.batch_size=100000"], ["data.image_size 1024", "train.batch_size 100000"]),
+    # A batch beyond the training split trains on the split: refused only when that does not fit.
+    ("absurd-batch", ["data.image_size=4096", "train.batch_size=100000"],
+     ["data.image_size 4096", "train.batch_size 100000 (at most 180 training images per step)"]),
     ("absurd-resnet34", ["model.name=resnet34_unet", "data.image_size=4096", "train.batch_size=256"],
      ["model resnet34_unet", "train.batch_size 256"]),
 ]
@@ -509,6 +526,40 @@ def test_a_run_that_cannot_fit_is_refused_before_anything_is_built(cli, tmp_path
     for part in [*expected, "GiB for activations alone", "available", "use a smaller data.image_size or train.batch_size"]:
         assert part in lines[0], (part, lines[0])
     assert list(tmp_path.iterdir()) == []  # no run folder, no generated data, no cache
+    assert "run folder:" not in result.out  # none was made, so none is named
+
+
+def test_a_batch_larger_than_the_training_split_is_not_refused(cli, tmp_path: Path, tiny_overrides: dict) -> None:
+    """A batch of a billion images on 36 training images needs the memory of 36: the estimate caps
+    it (uncapped it would be refused), and the run trains. The run folder is named once it exists."""
+    import torch
+
+    from segsweep.spec import load_spec
+    from segsweep.train.memory import activation_bytes, available_bytes, images_per_step
+
+    overrides = {**tiny_overrides, "train.epochs": 1, "train.batch_size": 10**9}
+    spec = load_spec(QUICK, overrides)
+    assert images_per_step(spec) == 36  # 40 trainval images, every 10th for validation
+    available = available_bytes(torch.device("cpu"))
+    assert available is None or activation_bytes(spec) > available[0]  # what was refused before
+    result = cli("run.py", QUICK, *[f"{k}={v}" for k, v in overrides.items()], "--results", tmp_path / "results")
+    assert result.code == 0, result.err
+    named = [line.removeprefix("run folder: ") for line in result.out.splitlines() if line.startswith("run folder: ")]
+    assert len(named) == 1 and (Path(named[0]) / "config.yaml").is_file()
+
+
+def test_an_invalid_sweep_cell_names_the_sweep_file_not_a_placeholder(cli, tmp_path: Path) -> None:
+    """A cell that fails a model's own rule is named by the sweep file and cell, never '<spec>'."""
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(f"experiment: {QUICK}\nmethod: grid\nparameters:\n  model.name: {{values: [unet, resnet34_unet]}}\n"
+                     "  data.image_size: {value: 48}\n")
+    result = cli("sweep.py", sweep, "--results", tmp_path / "results")
+    assert result.code == 2, result.err
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and "<spec>" not in lines[0], result.err
+    for part in ("sweep.yaml", "cell model.name=resnet34_unet", "data.image_size", "nearest valid size is 32"):
+        assert part in lines[0], (part, lines[0])
+    assert not (tmp_path / "results").exists()
 
 
 def test_the_memory_estimate_is_a_close_lower_bound_and_passes_the_quickstart() -> None:

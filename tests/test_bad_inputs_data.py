@@ -270,3 +270,51 @@ def test_batch_of_one_trains_at_16px(cli, tmp_path: Path) -> None:
     root = write_folder(tmp_path / "mine")
     result = folder_run(cli, tmp_path, root, "data.image_size=16", "train.batch_size=3")
     assert result.code == 0, result.err
+
+
+# --------------------------------------------------------------------------- segsweep cache clear beside users' files
+
+
+@pytest.fixture
+def built_cache(tmp_path: Path):
+    """A real cache of a folder dataset's train split, with its statistics, in tmp/cache."""
+    from segsweep.data.cache import dataset_stats, ensure_cache
+    from segsweep.data.sources import folder_splits
+
+    source = folder_splits(write_folder(tmp_path / "mine"), 0.2, 0.2, None)["train"]
+    cache = ensure_cache(source, 16, tmp_path / "cache")
+    dataset_stats(source, 16, tmp_path / "cache", cache)
+    assert cache.complete() and cache.stats_path.is_file()
+    return cache
+
+
+# Files a user may keep beside a cache, named after its key: none is the cache's own.
+USER_FILES = [".json.bak", ".images.npy.orig", ".stats.json~", ".masks.npy.1", ".json.tmp", ".notes.txt",
+              ".tmp-12-abc.json", ".json.tmp-12-abc.bak"]
+
+
+@pytest.mark.parametrize("suffix", USER_FILES)
+def test_cache_clear_removes_only_the_caches_own_files(cli, built_cache, tmp_path: Path, suffix) -> None:
+    kept = built_cache.directory / f"{built_cache.key}{suffix}"
+    kept.write_text("the user's own file")
+    listing = cli("cache", "list", built_cache.directory)
+    assert listing.code == 0 and "total: 1 cache(s)" in listing.out and "incomplete" not in listing.out, listing.out
+    cleared = cli("cache", "clear", "--all", built_cache.directory)
+    assert cleared.code == 0 and "removed 1 cache(s)" in cleared.out, cleared.err
+    assert sorted(p.name for p in built_cache.directory.iterdir()) == [kept.name]  # the cache's four files are gone
+    assert kept.read_text() == "the user's own file"
+
+
+def test_cache_clear_removes_a_stopped_builds_temporaries(cli, built_cache, tmp_path: Path) -> None:
+    """What a build stopped by a kill leaves (named as `ensure_cache` and `_write_json` name them)
+    is the cache's own: shown as incomplete and removed."""
+    names = [f"{built_cache.key}.tmp-4242-0123abcd.images.npy", f"{built_cache.key}.tmp-4242-0123abcd.masks.npy",
+             f"{built_cache.key}.json.tmp-4242-0123abcd", f"{built_cache.key}.stats.json.tmp-4242-0123abcd"]
+    for name in names:
+        (built_cache.directory / name).write_bytes(b"\0" * 10)
+    for path in (built_cache.images_path, built_cache.masks_path, built_cache.meta_path, built_cache.stats_path):
+        path.unlink()
+    listing = cli("cache", "list", built_cache.directory)
+    assert "total: 1 cache(s)" in listing.out and "incomplete" in listing.out, listing.out
+    assert cli("cache", "clear", "--all", built_cache.directory).code == 0
+    assert list(built_cache.directory.iterdir()) == []

@@ -107,6 +107,12 @@ REPORT_CASES = [
     ("negative-margin", lambda root: [root, "--margin", "-0.01"], ["--margin", "positive"]),
     ("study-with-two-paths", lambda root: ["--study", root, root], ["--study takes one sweep folder"]),
     ("final-without-study", lambda root: [root, "--final", root], ["--final and --target go with --study"]),
+    ("out-is-a-file", lambda root: [root, "--out", (root / "report.txt", (root / "report.txt").write_text("x"))[0]],
+     ["--out", "report.txt: is a file, not a folder", "expected a folder for report.md and its figures"]),
+    ("out-under-a-file", lambda root: [root, "--out", (root / "f", (root / "f").write_text("x"))[0] / "sub"],
+     ["--out", "f is a file, so no folder can be made under it", "expected a folder"]),
+    ("study-out-is-a-file", lambda root: ["--study", root, "--out", (root / "r.md", (root / "r.md").write_text("x"))[0]],
+     ["--out", "r.md: is a file, not a folder"]),
 ]
 
 
@@ -142,7 +148,7 @@ def _factorial(root: Path, experiment_spec: dict | None) -> Path:
 
 
 def test_default_baseline_is_the_base_experiments_value(tmp_path: Path) -> None:
-    from segsweep.reports.design import group_arms
+    from segsweep.analysis.arms import group_arms
     from segsweep.reports.records import base_experiment, load_runs, read_sweep_spec
     from segsweep.spec import ExperimentSpec, override_spec, spec_to_dict
 

@@ -10,6 +10,7 @@ A search study (TPE/random) and the recipe it chose, trained and tested once per
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..errors import SegsweepError
 
@@ -34,10 +35,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", type=float, help="with --study: test Dice the final recipe should reach")
 
 
+def check_out(out: str | None) -> None:
+    """--out must be a folder or a path where one can be made: a file there (or above it) is named,
+    before any run is read."""
+    if out is None:
+        return
+    path = Path(out).expanduser()
+    expected = "expected a folder for report.md and its figures (an existing folder, or a new path to create)"
+    if path.exists() and not path.is_dir():
+        raise SegsweepError(f"--out {out}: is a file, not a folder; {expected}")
+    for above in path.parents:
+        if above.exists() and not above.is_dir():
+            raise SegsweepError(f"--out {out}: {above} is a file, so no folder can be made under it; {expected}")
+
+
 def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from ..reports.ablation import ReportOptions, write_report
     from ..reports.study import write_study_report
 
+    check_out(args.out)
     if args.study:
         if len(args.paths) != 1:
             raise SegsweepError(f"--study takes one sweep folder, got {len(args.paths)} paths")

@@ -7,8 +7,10 @@
 Exit codes: 0 completed (or pruned; or --resume of a run that already ended), 1 diverged or
 failed (out of memory during training included: one line with the size, batch and a hint), 2 bad
 input (one line on stderr; also a run whose activations alone cannot fit in memory, refused before
-the data are built, and a --resume whose last.pt belongs to another run), 130 / 143 stopped by
-SIGINT / SIGTERM (resumable: last.pt holds every batch done). A second Ctrl-C exits at once.
+the data are built, a --resume whose last.pt belongs to another run, and one whose metrics.csv is
+damaged or was edited: --rewrite-record then resumes and rewrites it from last.pt, keeping the old
+file as metrics.csv.before-rewrite), 130 / 143 stopped by SIGINT / SIGTERM (resumable: last.pt
+holds every batch done). A second Ctrl-C exits at once.
 """
 from __future__ import annotations
 
@@ -16,11 +18,12 @@ import argparse
 import signal
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
 import yaml
 
 from ..errors import SegsweepError, SpecError
-from ..spec import load_spec, spec_to_yaml
+from ..spec import ExperimentSpec, load_spec, spec_to_yaml
 
 FINISHED = ("completed", "diverged", "pruned")  # a run ended with one of these has nothing to resume
 
@@ -32,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--print", action="store_true", help="print the resolved spec and exit")
     parser.add_argument("--resume", metavar="RUN_DIR",
                         help="continue an interrupted, failed or killed run from its checkpoints/last.pt")
+    parser.add_argument("--rewrite-record", action="store_true",
+                        help="with --resume: when metrics.csv is damaged or was edited, rewrite it from the epochs "
+                        "last.pt records (the old file is kept as metrics.csv.before-rewrite)")
 
 
 def refuse_sweep_file(path: Path) -> None:
@@ -43,6 +49,44 @@ def refuse_sweep_file(path: Path) -> None:
     if isinstance(tree, dict) and "parameters" in tree and ("method" in tree or "experiment" in tree):
         raise SpecError(f"{path}: this is a sweep file (it has `method:` and `parameters:`), not an experiment; "
                         f"run it with: segsweep sweep {path}")
+
+
+def keep_old_record(run_dir: Path, problem: str) -> None:
+    """Before --rewrite-record replaces metrics.csv, keep the file as it was beside it (only rank 0
+    under torchrun), and say so."""
+    import os
+    import shutil
+
+    from ..record import atomic_write
+
+    if os.environ.get("RANK", "0") != "0":
+        return
+    old = run_dir / "metrics.csv"
+    names = ("metrics.csv.before-rewrite", *(f"metrics.csv.before-rewrite-{n}" for n in range(2, 1000)))
+    kept = next(run_dir / name for name in names if not (run_dir / name).exists())  # an earlier one stays too
+    atomic_write(kept, lambda tmp: shutil.copyfile(old, tmp))
+    print(f"{old}: {problem}; it is rewritten from checkpoints/last.pt as the run resumes (the file as it was "
+          f"is kept as {kept.name})", flush=True)
+
+
+def folder_line(say: Callable[..., None], run_dir: Path) -> Any:
+    """A `fit` callback that prints `run folder: ...` once the folder exists (when fit starts, or
+    by `.now()` for a folder already there), once: a run refused while it is built (memory, data)
+    never had a folder to name."""
+    from ..train.callbacks import Callback
+
+    class FolderLine(Callback):
+        said = False
+
+        def now(self) -> None:
+            if not self.said and run_dir.is_dir():
+                self.said = True
+                say(f"run folder: {run_dir}", flush=True)
+
+        def on_fit_start(self, state: Any) -> None:
+            self.now()
+
+    return FolderLine()
 
 
 def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -66,11 +110,16 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 print(f"{run_dir}: the run already ended ({status}); nothing to resume")
                 return 0
         spec = load_run_spec(run_dir)
-        check_resume_identity(run_dir, run_dir / "checkpoints" / "last.pt")  # another run's last.pt: refused
+        # another run's last.pt, or a damaged metrics.csv without --rewrite-record: refused
+        problem = check_resume_identity(run_dir, run_dir / "checkpoints" / "last.pt", args.rewrite_record)
         check_writable(run_dir)
+        if problem is not None:
+            keep_old_record(run_dir, problem)
     else:
         if not args.spec:
             parser.error("the experiment spec is required (or --resume RUN_DIR)")
+        if args.rewrite_record:
+            parser.error("--rewrite-record goes with --resume RUN_DIR")
         refuse_sweep_file(Path(args.spec))
         spec = load_spec(args.spec, args.overrides)
         if args.print:
@@ -87,23 +136,21 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     with process_group(spec.train.device, spec.train.threads) as ranks:
         run_dir = main_value(run_dir)
         say = print if ranks.is_main else (lambda *args, **kwargs: None)
-        say(f"run folder: {run_dir}", flush=True)
+        folder = folder_line(say, run_dir)
+        folder.now()  # a resumed run's folder is there already
         tracker = build_tracker(spec, run_dir) if ranks.is_main else None
         try:
-            result = fit(spec, run_dir, tracker=tracker, resume=bool(args.resume))
+            result = fit(spec, run_dir, tracker=tracker, resume=bool(args.resume), callbacks=[folder])
         except (RuntimeError, MemoryError) as exc:  # recorded as failed in the run folder; one line here
             if not is_out_of_memory(exc):
                 raise
             say(f"error: {out_of_memory(spec, exc)}", file=sys.stderr)
             return 1
+        finally:
+            folder.now()  # a run that failed after its folder was made: name it
     s = result.metrics
-    say(f"status: {result.status}")
-    say(f"best val/dice: {s['val/dice']:.4f} (epoch {result.best_epoch})")
-    if spec.train.final_test:
-        say(f"test/dice: {s['test/dice']:.4f}  test/dice_global: {s['test/dice_global']:.4f}  test/iou: {s['test/iou']:.4f}")
-    else:
-        say("test split not evaluated (train.final_test: false)")
-    say(f"results: {run_dir} (metrics.csv, summary.json, curves.png, predictions.png, checkpoints/)")
+    for line in outcome_lines(spec, result, run_dir):
+        say(line)
     if result.status == "interrupted":
         # last.pt holds every batch done, so nothing is lost (see segsweep.train.fit).
         launcher = f"torchrun --nproc_per_node={ranks.local_world_size} -m segsweep" if ranks.world_size > 1 else "segsweep"
@@ -114,3 +161,21 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 1
     return 0
 
+
+
+def outcome_lines(spec: ExperimentSpec, result: Any, run_dir: Path) -> list[str]:
+    """What a finished run prints: its status, the epoch kept, its test Dice and where it is."""
+    s, monitor = result.metrics, spec.checkpoint.monitor
+    lines = [f"status: {result.status}"]
+    if s.get("floor_passed") is False:
+        lines.append(f"no epoch's {monitor} passed checkpoint.floor {spec.checkpoint.floor:g}: nothing kept as best; "
+                     f"the last epoch ({s.get('tested_epoch')}) was tested (val/dice {s['val/dice']:.4f})")
+    else:
+        shown = f"  ({monitor} {s[monitor]:.4f})" if monitor != "val/dice" and monitor in s else ""
+        lines.append(f"best val/dice: {s['val/dice']:.4f} (epoch {result.best_epoch}){shown}")
+    if spec.train.final_test:
+        lines.append(f"test/dice: {s['test/dice']:.4f}  test/dice_global: {s['test/dice_global']:.4f}  "
+                     f"test/iou: {s['test/iou']:.4f}")
+    else:
+        lines.append("test split not evaluated (train.final_test: false)")
+    return lines + [f"results: {run_dir} (metrics.csv, summary.json, curves.png, predictions.png, checkpoints/)"]

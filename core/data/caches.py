@@ -2,8 +2,10 @@
 
 A cache is the files `<key>.images.npy`, `<key>.masks.npy`, `<key>.json` (written last, touched
 on every use) and `<key>.stats.json`, where the key is
-`<dataset>-<split>-<size>px-<mask mode>-<16 hex digits>` (`cache_key`). Files of a build that
-was stopped (`<key>.tmp-...`) show as an incomplete cache. Nothing else in a folder is touched.
+`<dataset>-<split>-<size>px-<mask mode>[-image_<rule>][-mask_<rule>]-<16 hex digits>`
+(`cache_key`; the resizing rules appear only where they are not the default). Files of a build that
+was stopped (`<key>.tmp-...`) show as an incomplete cache. Nothing else in a folder is touched: a
+file is a cache's only when its whole name is one of these (`<key>.json.bak` is not).
 """
 from __future__ import annotations
 
@@ -17,8 +19,14 @@ from typing import Iterable, Sequence
 from .cache import CACHE_SUBDIR, default_user_cache
 from ..errors import DataError, SegsweepError
 
+# Exactly the names `SplitCache` and `ensure_cache` / `dataset_stats` write: the four files, and the
+# temporaries of a build (`<key>.tmp-<pid>-<hex>.images.npy`, `<key>.json.tmp-<pid>-<hex>`).
+# Anything else beside them (`<key>.json.bak`, a user's notes) is not a cache's and is never touched.
+_TOKEN = r"\.tmp-\d+-[0-9a-f]+"
+_OWN_FILES = (r"\.images\.npy", r"\.masks\.npy", r"\.json", r"\.stats\.json",
+              rf"{_TOKEN}\.(?:images|masks)\.npy", rf"\.(?:stats\.)?json{_TOKEN}")
 KEY = re.compile(r"^(?P<key>(?P<dataset>[^-]+)-(?P<split>train|val|test)-(?P<size>\d+)px-(?P<mode>.+?)-[0-9a-f]{16})"
-                 r"(?P<rest>\..+)$")
+                 rf"(?P<rest>{'|'.join(_OWN_FILES)})\Z")
 COMPLETE = (".images.npy", ".masks.npy", ".json")
 
 

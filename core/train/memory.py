@@ -26,12 +26,39 @@ _PROBE_BATCH = 2  # BatchNorm needs two values per channel at a 1x1 bottleneck
 _OOM_MARKERS = ("out of memory", "not enough memory", "defaultcpuallocator", "can't allocate memory")
 
 
-def activation_bytes(spec: ExperimentSpec) -> int:
-    """A lower bound on the bytes autograd keeps for one training step at the spec's batch and size."""
+def activation_bytes(spec: ExperimentSpec, batch: int | None = None) -> int:
+    """A lower bound on the bytes autograd keeps for one training step at the spec's size, with
+    `batch` images (default: train.batch_size)."""
     per_pixel = _saved_bytes_per_pixel(spec.model)
     low_precision = 2 if spec.train.precision in ("bf16", "fp16", "auto") else 1  # autocast at most halves them
     # 0.9: a few saved tensors (padding, odd-sized maps) do not scale exactly with the pixels.
-    return int(0.9 * per_pixel * spec.data.image_size**2 * spec.train.batch_size / low_precision)
+    return int(0.9 * per_pixel * spec.data.image_size**2 * (batch or spec.train.batch_size) / low_precision)
+
+
+def training_images(spec: ExperimentSpec) -> int | None:
+    """The number of training images, where it is known without writing anything (the synthetic
+    set from its settings, Oxford and folder data from their listing; data.limit_train caps it),
+    else None (data still to download, a dataset registered at run time)."""
+    from ..data.datasets import build_sources
+    from ..data.sources import has_oxford_layout
+
+    data, count = spec.data, None
+    if data.name == "synthetic":  # trainval line i is validation when i % val_every == 0
+        count = data.synthetic.num_trainval - math.ceil(data.synthetic.num_trainval / data.val_every)
+    elif data.name == "folder" or (data.name == "oxford_pet" and has_oxford_layout(Path(data.root).expanduser())):
+        count = len(build_sources(data)["train"].samples)  # reads the split files or folders only
+    if data.limit_train is not None:
+        count = data.limit_train if count is None else min(count, data.limit_train)
+    return count
+
+
+def images_per_step(spec: ExperimentSpec) -> int:
+    """At most how many images one rank's training step holds: train.batch_size, or fewer when
+    the training split (its share on each rank) is smaller."""
+    from .device import dist_info
+
+    count = training_images(spec)
+    return spec.train.batch_size if count is None else min(spec.train.batch_size, math.ceil(count / dist_info()[1]))
 
 
 @functools.lru_cache(maxsize=8)
@@ -73,8 +100,10 @@ def available_bytes(device: torch.device) -> tuple[int, str] | None:
     return kib * 1024, "MemAvailable + SwapFree"
 
 
-def _where(spec: ExperimentSpec) -> str:
-    return (f"data.image_size {spec.data.image_size}, train.batch_size {spec.train.batch_size}, "
+def _where(spec: ExperimentSpec, step: int | None = None) -> str:
+    batch = spec.train.batch_size
+    capped = f" (at most {step} training images per step)" if step is not None and step < batch else ""
+    return (f"data.image_size {spec.data.image_size}, train.batch_size {batch}{capped}, "
             f"model {spec.model.name} width {spec.model.base_channels}")
 
 
@@ -86,10 +115,13 @@ def check_memory(spec: ExperimentSpec, device: torch.device) -> None:
     available = available_bytes(device)
     if available is None:
         return
-    need = activation_bytes(spec)
+    need, step = activation_bytes(spec), None
+    if need > available[0]:  # a batch larger than the training split trains on the split: count it
+        step = images_per_step(spec)
+        need = activation_bytes(spec, step)
     if need > available[0]:
         raise ResourceError(
-            f"{_where(spec)}: training needs at least {need / GIB:.1f} GiB for activations alone, but only "
+            f"{_where(spec, step)}: training needs at least {need / GIB:.1f} GiB for activations alone, but only "
             f"{available[0] / GIB:.1f} GiB is available on {device.type} ({available[1]}); {HINT}")
     log.debug("memory: at least %.2f GiB of activations, %.1f GiB available", need / GIB, available[0] / GIB)
 
