@@ -17,6 +17,7 @@ from typing import Any, Callable
 import torch
 
 from .errors import CheckpointError, SegsweepError
+from .models.base import fit_problems
 from .record import TEMP_SUFFIX, MetricsFile, atomic_write, parse_metrics, staged_write
 from .schema import WALL_CLOCK_COLUMNS
 from .spec import flatten, read_yaml, spec_from_dict, spec_to_dict
@@ -112,19 +113,8 @@ def _reason(exc: Exception) -> str:
 
 def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
     """Load weights strictly, turning a shape/key mismatch into one clear line."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
-    if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
-        if mismatched:
-            k = mismatched[0]
-            parts.append(f"{len(mismatched)} shape mismatches (e.g. {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)})")
+    parts = fit_problems(model.state_dict(), state)
+    if parts:
         raise CheckpointError(
             f"{source}: weights do not fit this model ({'; '.join(parts)}); "
             "was it saved for another architecture or width?"

@@ -4,7 +4,9 @@ Scripts turn any `SegsweepError` into one line on stderr and exit code 2.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+import difflib
+import math
+from typing import Any, Callable, Mapping, Sequence
 
 
 class SegsweepError(Exception):
@@ -82,3 +84,49 @@ def user_location(loc: Sequence[Any]) -> tuple[str, int]:
     """`user_parts` joined into the dotted key ('seeds[1]', 'claims[0].expect')."""
     parts, dropped = user_parts(loc)
     return ".".join(parts), dropped
+
+
+def unknown_key(key: str, valid: Sequence[str]) -> str:
+    """'unknown key; did you mean 'lr'? valid keys: ...': the message for a key not in `valid`."""
+    close = difflib.get_close_matches(key, list(valid), n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown key; {hint}valid keys: {', '.join(valid)}"
+
+
+RANGE_ERRORS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
+
+
+def validation_problem(error: Mapping[str, Any], *, where: str = "",
+                       valid_keys: Callable[[list[str]], Sequence[str] | None] | None = None,
+                       meanings: Mapping[str, str | None] | None = None) -> tuple[str, str]:
+    """(dotted key, one-line message) for one pydantic error: the one translation every schema
+    (experiment specs, sweep files, schedules, `slurm:` blocks, claims) goes through.
+
+    A rule that names its key (`SpecFieldError`, raised in a validator) keeps it, below `where`;
+    an unknown name keeps its message (it lists what exists); an unknown key lists the valid
+    keys of its section (`valid_keys(section location)`, None when the place takes no keys of
+    ours) with the closest match; a non-finite number says so; a number out of range says what
+    `meanings` says the key means; anything else is pydantic's message with the value it got.
+    """
+    cross = error.get("ctx", {}).get("error")
+    if isinstance(cross, SpecFieldError):
+        return ".".join(p for p in (where, cross.key) if p), cross.message
+    loc, _ = user_parts(error["loc"])
+    key = ".".join(p for p in (where, *loc) if p)
+    if isinstance(cross, UnknownNameError):
+        return key, str(cross)
+    value = error.get("input")
+    if error["type"] == "extra_forbidden":
+        valid = list(valid_keys(loc[:-1]) or ()) if valid_keys is not None else []
+        if not valid:
+            return key, "unknown key"
+        return key, unknown_key(loc[-1], valid)
+    if isinstance(value, float) and not math.isfinite(value):
+        return key, f"expected a finite number, got {value!r}"
+    meaning = (meanings or {}).get(loc[-1]) if loc else None
+    if meaning and error["type"] in RANGE_ERRORS:
+        return key, f"expected {meaning}, got {value!r}"
+    message = error["msg"].removeprefix("Value error, ")
+    if "input" in error and error["type"] != "missing" and not isinstance(value, Mapping) and "got" not in message:
+        message = f"{message} (got {value!r})"
+    return key, message

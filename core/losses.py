@@ -13,7 +13,7 @@ The study's whole loss is that term plus its batch-pooled Dice term: `loss.bce: 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn as nn
@@ -21,7 +21,10 @@ import torch.nn.functional as F
 
 from .errors import SpecFieldError
 from .registry import Registry
-from .spec import ExperimentSpec, LossSpec
+from .sections import LossSpec
+
+if TYPE_CHECKING:  # annotations only: spec.py checks a spec's loss terms through LOSSES
+    from .spec import ExperimentSpec
 
 LOSSES = Registry("loss")
 

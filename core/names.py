@@ -30,6 +30,7 @@ BUILTIN: dict[str, Builtin] = {
     "optimiser": Builtin(".optim", "OPTIMIZERS", ("adam", "adamw", "sgd")),
     "scheduler": Builtin(".optim", "SCHEDULERS", ("cosine", "none", "onecycle", "plateau", "step", "warmup_cosine")),
     "sweep engine": Builtin(".sweeps.engines", "SWEEP_ENGINES", ("optuna", "wandb")),
+    "launcher": Builtin(".sweeps.launchers", "LAUNCHERS", ("local", "slurm")),
 }
 
 

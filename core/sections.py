@@ -4,13 +4,14 @@ strict like every section (`segsweep.spec` re-exports them and holds the rest of
 from __future__ import annotations
 
 import importlib
+import math
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Mapping
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_serializer, model_validator
 
-from .errors import SpecFieldError
-from .names import check_name
+from .errors import SpecFieldError, unknown_key
+from .names import check_name, names
 
 
 def registry(where: str) -> Any:
@@ -208,3 +209,39 @@ class ModelSpec(_Section):
     decoder: DecoderName = "unet"  # resnet34_unet only; smp: segmentation_models_pytorch's Unet
 
 
+class LossSpec(_Section):
+    """Weighted sum of terms; the head decides the with-logits or probability form.
+
+    The weight of a term registered in `LOSSES` without a field here is the key of its name
+    (`loss.<name>`, 0 when left out); any other key is unknown.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    bce: float = Field(1.0, ge=0)
+    dice: float = Field(1.0, ge=0)
+    focal: float = Field(0.0, ge=0)
+    focal_gamma: float = Field(2.0, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _registered_terms(cls, data: Any) -> Any:
+        extra = [key for key in data if key not in cls.model_fields] if isinstance(data, Mapping) else []
+        if not extra:
+            return data
+        terms = names("loss")  # no torch: a typo is answered before it is imported
+        for key in extra:
+            value = data[key]
+            if key not in terms:
+                valid = [*cls.model_fields, *(n for n in terms if n not in cls.model_fields)]
+                raise SpecFieldError(f"loss.{key}", unknown_key(str(key), valid))
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                raise SpecFieldError(f"loss.{key}", f"the weight of loss term {key!r} must be a finite number >= 0 "
+                                     f"(got {value!r})")
+        return {**data, **{key: float(data[key]) for key in extra}}
+
+    @model_validator(mode="after")
+    def _some_term(self) -> "LossSpec":
+        if self.bce + self.dice + self.focal + sum((self.model_extra or {}).values()) <= 0:
+            raise ValueError(f"at least one of {', '.join(names('loss'))} must have a positive weight")
+        return self

@@ -6,67 +6,25 @@ dotted key, what was expected and what would be valid.
 """
 from __future__ import annotations
 
-import difflib
 import functools
-import hashlib
-import json
-import math
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Mapping, Sequence, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from .errors import SpecError, SpecFieldError, UnknownNameError
+from .errors import SpecError, validation_problem
 from .names import names
 from .trees import (  # noqa: F401  (re-exported: spec files and dotted trees)
-    apply_overrides, deep_merge, flatten, parse_override, read_yaml, set_dotted,
+    apply_overrides, deep_merge, flatten, parse_override, read_yaml, set_dotted, short_hash, typed_overrides,
 )
 
 
 from .sections import (  # noqa: F401  (re-exported: the data and model sections)
-    registry, registered, DatasetName, ModelName, DecoderName, OptimizerName, SchedulerName, _LOSS_TERMS, SEED_MAX, _Section, AugmentSpec, SyntheticSpec, FolderSpec, DataSpec, ModelSpec, STUDY_MEAN, STUDY_STD, RGB, Subfolder,
+    registry, registered, DatasetName, ModelName, DecoderName, OptimizerName, SchedulerName, _LOSS_TERMS, SEED_MAX,
+    _Section, AugmentSpec, SyntheticSpec, FolderSpec, DataSpec, ModelSpec, LossSpec, STUDY_MEAN, STUDY_STD, RGB,
+    Subfolder,
 )
-
-
-class LossSpec(_Section):
-    """Weighted sum of terms; the head decides the with-logits or probability form.
-
-    The weight of a term registered in `LOSSES` without a field here is the key of its name
-    (`loss.<name>`, 0 when left out); any other key is unknown.
-    """
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-    bce: float = Field(1.0, ge=0)
-    dice: float = Field(1.0, ge=0)
-    focal: float = Field(0.0, ge=0)
-    focal_gamma: float = Field(2.0, ge=0)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _registered_terms(cls, data: Any) -> Any:
-        extra = [key for key in data if key not in cls.model_fields] if isinstance(data, Mapping) else []
-        if not extra:
-            return data
-        terms = names("loss")  # no torch: a typo is answered before it is imported
-        for key in extra:
-            value = data[key]
-            if key not in terms:
-                valid = [*cls.model_fields, *(n for n in terms if n not in cls.model_fields)]
-                close = difflib.get_close_matches(str(key), valid, n=1)
-                hint = f"did you mean {close[0]!r}? " if close else ""
-                raise SpecFieldError(f"loss.{key}", f"unknown key; {hint}valid keys: {', '.join(valid)}")
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
-                raise SpecFieldError(f"loss.{key}", f"the weight of loss term {key!r} must be a finite number >= 0 "
-                                     f"(got {value!r})")
-        return {**data, **{key: float(data[key]) for key in extra}}
-
-    @model_validator(mode="after")
-    def _some_term(self) -> "LossSpec":
-        if self.bce + self.dice + self.focal + sum((self.model_extra or {}).values()) <= 0:
-            raise ValueError(f"at least one of {', '.join(names('loss'))} must have a positive weight")
-        return self
 
 
 class OptimSpec(_Section):
@@ -90,7 +48,9 @@ class TrainSpec(_Section):
     early_stopping_patience: int | None = Field(None, ge=1)  # epochs without a better val/dice
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    channels_last: bool = True
+    # auto: channels_last or NCHW by a short measured probe of this model, size, batch and threads on
+    # this machine (cached; a sweep decides once for all its trials); true / false: as set
+    channels_last: bool | Literal["auto"] = "auto"
     compile: bool = False
     deterministic: bool = False
     time_budget_s: float | None = Field(None, gt=0, allow_inf_nan=True)  # inf: no budget, like None
@@ -205,26 +165,6 @@ def _fields_at(model: type[BaseModel], loc: Sequence[str | int]) -> list[str]:
     return list(model.model_fields)
 
 
-def _describe(error: Mapping[str, Any], root: type[BaseModel]) -> tuple[str, str]:
-    """(dotted key, message) for one pydantic error."""
-    loc = [str(p) for p in error["loc"] if not str(p).startswith(("function-", "constrained-"))]
-    # For union-typed fields pydantic appends the branch name ('int', 'literal[...]'): drop it.
-    while loc and any(c in loc[-1] for c in "[(") or (loc and loc[-1] in {"int", "float", "str", "bool", "none"}):
-        loc.pop()
-    key = ".".join(loc)
-    if error["type"] == "extra_forbidden":
-        valid = _fields_at(root, loc[:-1])
-        close = difflib.get_close_matches(loc[-1], valid, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        return key, f"unknown key; {hint}valid keys: {', '.join(valid)}"
-    if isinstance(error.get("ctx", {}).get("error"), UnknownNameError):
-        return key, str(error["ctx"]["error"])  # already names the value and what exists
-    message = error["msg"].removeprefix("Value error, ")
-    if "input" in error and error["type"] not in {"missing"}:
-        message = f"{message} (got {error['input']!r})"
-    return key, message
-
-
 def _origin(key: str, origins: Mapping[str, Path], overrides: Mapping[str, Any], default: Path | None) -> str | None:
     """Where a dotted key was set: the override, the file of the extends chain, or the spec's
     source (None when there is none to name, e.g. a spec built in memory)."""
@@ -247,12 +187,7 @@ def validate_tree(
     try:
         return ExperimentSpec.model_validate(dict(tree))
     except ValidationError as exc:
-        error = exc.errors()[0]
-        cross = error.get("ctx", {}).get("error")
-        if isinstance(cross, SpecFieldError):
-            key, message = cross.key, cross.message
-        else:
-            key, message = _describe(error, ExperimentSpec)
+        key, message = validation_problem(exc.errors()[0], valid_keys=lambda loc: _fields_at(ExperimentSpec, loc))
         where = _origin(key, origins or {}, overrides or {}, None if source is None else Path(str(source)))
         more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         raise SpecError(f"{f'{where}: ' if where else ''}{key}: {message}{more}") from None
@@ -262,14 +197,14 @@ def load_spec(path: str | Path, overrides: Sequence[str] | Mapping[str, Any] = (
     """Read `path` (following `extends:`), apply dotted overrides, validate the whole tree."""
     path = Path(path)
     tree, origins = _resolve_extends(path)
-    typed = dict(overrides.items()) if isinstance(overrides, Mapping) else dict(map(parse_override, overrides))
+    typed = typed_overrides(overrides)
     tree = apply_overrides(tree, typed)
     return validate_tree(tree, path, origins, typed)
 
 
 def override_spec(spec: ExperimentSpec, overrides: Sequence[str] | Mapping[str, Any]) -> ExperimentSpec:
     """A new spec with overrides applied and the whole tree re-validated."""
-    typed = dict(overrides.items()) if isinstance(overrides, Mapping) else dict(map(parse_override, overrides))
+    typed = typed_overrides(overrides)
     return validate_tree(apply_overrides(spec_to_dict(spec), typed), None, None, typed)
 
 
@@ -285,12 +220,23 @@ def spec_to_yaml(spec: ExperimentSpec) -> str:
     return yaml.safe_dump(spec_to_dict(spec), sort_keys=False)
 
 
-def _hash(tree: Mapping[str, Any]) -> str:
-    blob = json.dumps(tree, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
 _MISSING = object()
+
+
+# Settings that change how fast a run goes, not what it computes (beyond float round-off), so
+# never its identity: the memory format is chosen by measurement (`auto`) or by hand, and a run,
+# sweep cell or sweep keeps its hash whichever it got. Each with the one value hashes saw before
+# it became a speed choice (a config.yaml from then says `channels_last: true`).
+SPEED_ONLY = {"train.channels_last": True}
+
+
+def identity_tree(spec: ExperimentSpec) -> dict[str, Any]:
+    """`spec_to_dict(spec)` with the speed-only settings at the values hashes always saw."""
+    tree = spec_to_dict(spec)
+    for key, value in SPEED_ONLY.items():
+        section, name = key.split(".")
+        tree[section][name] = value
+    return tree
 
 
 def _identity(spec: ExperimentSpec, drop: tuple[str, ...]) -> str:
@@ -301,8 +247,8 @@ def _identity(spec: ExperimentSpec, drop: tuple[str, ...]) -> str:
     """
     defaults = flatten(spec_to_dict(ExperimentSpec()))
     values = {key: value for key, value in flatten(spec_to_dict(spec)).items()
-              if key.split(".")[0] not in drop and value != defaults.get(key, _MISSING)}
-    return _hash(values)
+              if key.split(".")[0] not in drop and key not in SPEED_ONLY and value != defaults.get(key, _MISSING)}
+    return short_hash(values)
 
 
 def config_hash(spec: ExperimentSpec) -> str:
@@ -319,7 +265,8 @@ def seed_free_values(spec: ExperimentSpec) -> dict[str, Any]:
     """The values `config_hash` hashes, less the seed: compute once, then `config_hash_at(values, seed)`."""
     defaults = _defaults()
     return {key: value for key, value in flatten(spec_to_dict(spec)).items()
-            if key.split(".")[0] not in ("tracking", "name", "seed") and value != defaults.get(key, _MISSING)}
+            if key.split(".")[0] not in ("tracking", "name", "seed") and key not in SPEED_ONLY
+            and value != defaults.get(key, _MISSING)}
 
 
 def config_hash_at(values: Mapping[str, Any], seed: int) -> str:
@@ -328,8 +275,8 @@ def config_hash_at(values: Mapping[str, Any], seed: int) -> str:
     if not 0 <= seed <= SEED_MAX:
         raise SpecError(f"seed: expected an integer in 0..{SEED_MAX}, got {seed}")
     if seed != ExperimentSpec.model_fields["seed"].default:
-        return _hash({**values, "seed": seed})
-    return _hash(dict(values))
+        return short_hash({**values, "seed": seed})
+    return short_hash(dict(values))
 
 
 def arm_hash(spec: ExperimentSpec) -> str:

@@ -6,6 +6,8 @@ line numbers), nested mappings merged and flattened to dotted keys, and dotted o
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -156,6 +158,18 @@ def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def typed_overrides(overrides: Sequence[str] | Mapping[str, Any]) -> dict[str, Any]:
+    """Dotted key -> value from CLI text (['optim.lr=1e-3']) or an already-typed mapping
+    ({'optim.lr': 0.001}, as Optuna and W&B give them): the one way overrides are read."""
+    return dict(overrides.items()) if isinstance(overrides, Mapping) else dict(map(parse_override, overrides))
+
+
+def short_hash(tree: Any) -> str:
+    """12 hex digits of the sha256 of `tree` as canonical JSON: the identity of configs and sweeps."""
+    blob = json.dumps(tree, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
 def apply_overrides(tree: Mapping[str, Any], overrides: Sequence[str] | Mapping[str, Any]) -> dict[str, Any]:
     """Return a copy of `tree` with dotted overrides applied.
 
@@ -163,7 +177,6 @@ def apply_overrides(tree: Mapping[str, Any], overrides: Sequence[str] | Mapping[
     ({'optim.lr': 0.001}, as Optuna and W&B give them). All callers go through here.
     """
     out = copy.deepcopy(dict(tree))
-    items = overrides.items() if isinstance(overrides, Mapping) else map(parse_override, overrides)
-    for key, value in items:
+    for key, value in typed_overrides(overrides).items():
         set_dotted(out, key, value)
     return out

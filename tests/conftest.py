@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -14,6 +15,10 @@ PETS_MINI = REPO.parent / "shared" / "data" / "oxford-iiit-pet-mini"
 
 os.environ.setdefault("WANDB_MODE", "disabled")  # no test may need W&B's server
 os.environ.setdefault("WANDB_SILENT", "true")
+# The user cache (data caches of read-only roots, `train.channels_last: auto`'s speed probes) in
+# a folder of this test session's own, inherited by every subprocess: the real ~/.cache is never
+# read or written, and a session's probes are decided once and shared by all its runs.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="segsweep-tests-cache-")
 
 # Tiny and fast: width 8, 32 px, 2 epochs, a small synthetic set.
 TINY = {

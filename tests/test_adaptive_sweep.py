@@ -197,7 +197,7 @@ def assert_counts_are_the_queued_runs(path: Path, sweep_dir: Path, record: Any, 
     cell x `max` seeds."""
     import optuna
 
-    from segsweep.sweeps.launch_status import sweep_status
+    from segsweep.sweeps.status import sweep_status
     from segsweep.sweeps.study import pending_trials, trials_done
 
     sweep = load_sweep(path)

@@ -39,7 +39,8 @@ STEPS_PER_EPOCH = 5  # 36 training images (40 trainval, every 10th is validation
 SPEC_ARGS = [
     "data.image_size=32", "data.synthetic.num_trainval=40", "data.synthetic.num_test=12",
     "data.synthetic.size=48", "model.base_channels=8", "train.epochs=5", "train.batch_size=8",
-    "train.deterministic=true", "train.threads=1", "train.precision=fp32", "tracking.wandb.mode=disabled",
+    "train.deterministic=true", "train.threads=1", "train.precision=fp32", "train.channels_last=true",
+    "tracking.wandb.mode=disabled",
     "optim.scheduler=plateau", "optim.plateau_patience=0", "optim.gamma=0.5",
     "train.early_stopping_patience=3", "checkpoint.keep_best=2",
 ]

@@ -20,8 +20,9 @@ def _registries() -> dict:
     from segsweep.models import DECODERS, MODELS
     from segsweep.optim import OPTIMIZERS, SCHEDULERS
     from segsweep.sweeps.engines import SWEEP_ENGINES
+    from segsweep.sweeps.launchers import LAUNCHERS
 
-    return {r.kind: r for r in (MODELS, DECODERS, LOSSES, DATASETS, OPTIMIZERS, SCHEDULERS, SWEEP_ENGINES)}
+    return {r.kind: r for r in (MODELS, DECODERS, LOSSES, DATASETS, OPTIMIZERS, SCHEDULERS, SWEEP_ENGINES, LAUNCHERS)}
 
 
 def test_the_table_lists_every_built_in_name_of_every_registry() -> None:

@@ -57,7 +57,9 @@ def test_every_committed_file_is_in_the_fixture() -> None:
 def test_deterministic_quickstart_is_bit_identical(tmp_path: Path) -> None:
     want = BEFORE["quickstart"]
     env = {**os.environ, **want["env"]}
+    # channels_last: the layout the fixture trained in (the default then; `auto` now decides by measurement)
     args = [sys.executable, "-m", "segsweep", "run", str(REPO / "experiments" / "quickstart.yaml"), *want["args"],
+            "train.channels_last=true",
             f"data.root={tmp_path / 'data'}", f"data.cache_dir={tmp_path / 'cache'}", "--results", str(tmp_path / "results")]
     proc = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

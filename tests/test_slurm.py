@@ -275,7 +275,7 @@ def test_signalled_trial_is_queued_and_resumed_from_last_pt(synthetic_root: Path
 
     from segsweep.spec import load_spec
     from segsweep.sweeps import load_sweep
-    from segsweep.sweeps.launch_status import status_lines, sweep_status
+    from segsweep.sweeps.status import status_lines, sweep_status
     from segsweep.sweeps.optuna_engine import run_worker
     from segsweep.sweeps.storage import open_storage
     from segsweep.sweeps.study import enqueue_grid, open_study
@@ -316,7 +316,7 @@ def test_signalled_trial_is_queued_and_resumed_from_last_pt(synthetic_root: Path
 
 def test_status_names_the_job_holding_a_running_trial(synthetic_root: Path, tmp_path: Path) -> None:
     from segsweep.sweeps import load_sweep
-    from segsweep.sweeps.launch_status import status_lines, sweep_status
+    from segsweep.sweeps.status import status_lines, sweep_status
     from segsweep.sweeps.storage import claim_waiting, open_storage
     from segsweep.sweeps.study import enqueue_grid, open_study
 
@@ -340,7 +340,7 @@ def test_status_names_the_job_holding_a_running_trial(synthetic_root: Path, tmp_
 def test_slurm_block_in_the_sweep_file_with_command_line_pairs_over_it(tmp_path: Path) -> None:
     from segsweep.errors import SpecError, SweepError
     from segsweep.sweeps import load_sweep
-    from segsweep.sweeps.launch_spec import slurm_options
+    from segsweep.sweeps.slurm_spec import slurm_options
 
     path = sweep_file(tmp_path, slurm={"partition": "gpu", "time": "01:30:00", "gpus_per_task": 2,
                                        "extra": ["--constraint=a100"]})
@@ -373,7 +373,7 @@ def test_slurm_block_in_the_sweep_file_with_command_line_pairs_over_it(tmp_path:
 ])
 def test_slurm_options_that_could_break_the_job_script_are_refused(pair: str, expected: str) -> None:
     from segsweep.errors import SweepError
-    from segsweep.sweeps.launch_spec import slurm_options
+    from segsweep.sweeps.slurm_spec import slurm_options
 
     with pytest.raises(SweepError) as caught:
         slurm_options(None, [pair], "sweep.yaml")
@@ -407,7 +407,7 @@ def test_resumed_trial_counts_the_metrics_csv_epochs_up_to_last_pt(tmp_path: Pat
 
     from segsweep.record import write_metrics
     from segsweep.schema import METRIC_COLUMNS
-    from segsweep.sweeps.launch_resume import reported_before
+    from segsweep.sweeps.resume import reported_before
 
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints").mkdir(parents=True)
@@ -463,7 +463,7 @@ def test_status_creates_nothing_in_a_database(synthetic_root: Path, tmp_path: Pa
 
     from segsweep.errors import SweepError
     from segsweep.sweeps import load_sweep
-    from segsweep.sweeps.launch_status import status_lines, status_location, sweep_status
+    from segsweep.sweeps.status import status_lines, status_location, sweep_status
     from segsweep.sweeps.storage import open_storage
     from segsweep.sweeps.study import enqueue_grid, open_study
 

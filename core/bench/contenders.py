@@ -14,6 +14,7 @@ from ..losses import build_loss
 from ..models import build_model
 from ..optim import LrSchedule, build_optimizer
 from ..spec import ExperimentSpec, override_spec
+from ..train.speed import resolve_speed
 from ..train.device import autocast, resolve_device, resolve_precision
 from ..train.loop import evaluate, train_one_epoch
 from ..train.seeding import derive_seed, seed_everything
@@ -38,6 +39,10 @@ class Plan:
     trial_budget_s: float  # the sweep trial's time budget (one minute in the issue)
     workers: int  # loader processes for the memory figure
     bf16_probe: bool  # also time one bf16 step (diagnostic; minutes on CPUs without bf16 units)
+    study_batches: int = 8  # the study workload (bench/study.py): training batches per repetition
+    study_reps: int = 5
+    study_epochs: int | None = None  # epochs of its whole run (None: the recipe's)
+    study_compile: bool = True  # time torch.compile (a cold compile is about a minute on 2 cores)
 
 
 def _model(name: str, width: int) -> dict[str, Any]:
@@ -50,7 +55,8 @@ FULL = Plan(main_model=_model("resnet34_unet", 64),
             trial_budget_s=60.0, workers=2, bf16_probe=True)
 QUICK = Plan(main_model=_model("unet", 16), naive_models={name: _model(name, 16) for name in ("resnet34_unet", "unet")},
              image_size=64, batch_size=4, batches=2, naive_batches=1, reps=2, loader_images=24,
-             trial_budget_s=3.0, workers=2, bf16_probe=False)
+             trial_budget_s=3.0, workers=2, bf16_probe=False, study_batches=2, study_reps=2, study_epochs=1,
+             study_compile=False)
 
 
 # --------------------------------------------------------------------------- specs & contenders
@@ -77,10 +83,11 @@ class TrainerRun:
         self.spec = spec
         self.device = resolve_device(spec.train.device)
         self.precision = resolve_precision(spec.train.precision, self.device)
+        self.speed = resolve_speed(spec, self.device, self.precision)  # `auto`: as a run decides it
         seed_everything(spec.seed)
         self.data = build_data(spec)
         self.model = build_model(spec.model).to(self.device)
-        if spec.train.channels_last:
+        if self.speed.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(spec, self.model.parameters())
         self.loss_fn = build_loss(spec.loss, spec.model.head)
@@ -88,7 +95,7 @@ class TrainerRun:
         self.epoch_no, self.step = 0, 0
 
     def describe(self) -> dict[str, Any]:
-        return {"precision": self.precision, "channels_last": self.spec.train.channels_last,
+        return {"precision": self.precision, "channels_last": self.speed.channels_last,
                 "cache": self.spec.data.cache, "workers": self.data.num_workers}
 
     def epoch(self) -> float:
@@ -99,7 +106,7 @@ class TrainerRun:
         _, seen, self.step = train_one_epoch(
             self.model, self.data.train, self.loss_fn, self.optimizer, self.schedule, None,
             epoch=self.epoch_no, step=self.step, device=self.device, precision=self.precision,
-            channels_last=self.spec.train.channels_last, grad_clip=None, should_stop=lambda: False,
+            channels_last=self.speed.channels_last, grad_clip=None, should_stop=lambda: False,
         )
         return seen / (time.perf_counter() - started)
 
@@ -107,7 +114,7 @@ class TrainerRun:
         """Seconds for one evaluation pass over the validation split."""
         started = time.perf_counter()
         evaluate(self.model, self.data.val, self.loss_fn, head=self.spec.model.head, device=self.device,
-                 precision=self.precision, channels_last=self.spec.train.channels_last,
+                 precision=self.precision, channels_last=self.speed.channels_last,
                  ids=self.data.datasets["val"].ids)
         return time.perf_counter() - started
 
@@ -125,7 +132,9 @@ class RawStep:
 
         self.device = resolve_device(spec.train.device)
         self.precision = precision or resolve_precision(spec.train.precision, self.device)
-        self.channels_last = spec.train.channels_last if channels_last is None else channels_last
+        if channels_last is None:
+            channels_last = resolve_speed(spec, self.device, self.precision).channels_last
+        self.channels_last = channels_last
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         torch.manual_seed(spec.seed)
         self.model = build_model(spec.model).to(self.device, memory_format=fmt).train()

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 from typing import NoReturn, Sequence
 
 from .. import __version__
 from ..errors import SegsweepError
+from ..logs import install_log_handler  # re-exported: it lived here before core/logs.py
 
 # name -> (module, one-line help); a module is imported only when its subcommand runs.
 COMMANDS = {
@@ -39,30 +39,6 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         print(f"error: {self.prog}: {message} (see --help)", file=sys.stderr)
         raise SystemExit(2)
-
-
-class _StreamByLevel(logging.Handler):
-    """What the library logs, as the command has always printed it: INFO and below on stdout,
-    warnings and errors on stderr, the message alone."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
-        try:
-            stream.write(self.format(record) + "\n")
-            stream.flush()
-        except Exception:  # a closed pipe must not turn a log line into a crash
-            self.handleError(record)
-
-
-def install_log_handler() -> None:
-    """Show the library's `segsweep.*` INFO lines (a library leaves handlers to its caller)."""
-    logger = logging.getLogger("segsweep")
-    if not any(isinstance(h, _StreamByLevel) for h in logger.handlers):
-        handler = _StreamByLevel()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
 
 
 def build_parser(prog: str = "segsweep") -> tuple[Parser, dict[str, Parser]]:

@@ -1,4 +1,4 @@
-"""List the data caches (decoded, resized splits) or clear them.
+"""List the data caches (decoded, resized splits) and the speed-probe cache, or clear them.
 
     segsweep cache list                         # the user cache and the caches of experiments/*.yaml
     segsweep cache list results/data/synthetic  # a data root, a cache folder or an experiment spec
@@ -6,7 +6,9 @@
     segsweep cache clear --all
 
 Caches live in data.cache_dir, beside the data (`<root>/.segsweep_cache/`) or in
-$XDG_CACHE_HOME/segsweep (default ~/.cache/segsweep). A removed cache is rebuilt by the next run
+$XDG_CACHE_HOME/segsweep (default ~/.cache/segsweep). The speed probes (`train.channels_last:
+auto`, one per machine, model, size, batch and threads) are in speed_probes.json there; they are
+listed and cleared with the user cache (no PATH given). A removed cache is rebuilt by the next run
 that needs it. Exit codes: 0 done, 2 bad input.
 """
 from __future__ import annotations
@@ -75,6 +77,8 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         where = ", ".join(str(f) for f in dict.fromkeys(folders) if f.is_dir())
         print(f"total: {len(entries)} cache(s), {human_bytes(sum(e.bytes for e in entries))} "
               + (f"(searched {where})" if where else "(no cache folder exists yet)"))
+        if not args.paths:
+            _list_probes(now)
         return 0
     chosen = entries if args.all else [e for e in entries if e.age_days(now) >= args.older_than]
     freed = 0
@@ -84,4 +88,25 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print(f"removed {entry.directory / entry.key} ({entry.dataset} {entry.split} {entry.size}px, {human_bytes(size)})")
     kept = len(entries) - len(chosen)
     print(f"removed {len(chosen)} cache(s), freed {human_bytes(freed)}; {kept} kept")
+    if not args.paths:
+        from ..train.speed import cache_path, clear_probes
+
+        try:
+            removed = clear_probes(None if args.all else args.older_than)
+        except OSError as exc:
+            raise SegsweepError(f"{cache_path()}: cannot remove the speed probes ({exc.strerror or exc})") from None
+        print(f"removed {removed} speed probe(s) from {cache_path()}")
     return 0
+
+
+def _list_probes(now: float) -> None:
+    from ..train.speed import cache_path, cached_probes
+
+    probes = cached_probes()
+    for key, entry in sorted(probes.items(), key=lambda kv: float(kv[1].get("measured", 0))):
+        ratio, measured = entry.get("ratio"), float(entry.get("measured", 0))
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(measured)) if measured else "unknown"
+        layout = "channels_last" if entry.get("channels_last") else "NCHW"
+        speed = f"NCHW/channels_last step time {ratio:.3f}" if isinstance(ratio, (int, float)) else "no ratio"
+        print(f"speed probe {key}: {layout} ({speed}), measured {when} ({(now - measured) / 86400:.1f} days ago)")
+    print(f"total: {len(probes)} speed probe(s) in {cache_path()}")

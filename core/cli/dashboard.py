@@ -39,9 +39,8 @@ def _open(target: str) -> tuple[Any, str, int | None]:
     """(storage, where, study id) for the target; the study id only when it names one sweep."""
     import optuna
 
-    from ..sweeps.optuna_engine import quiet_optuna
     from ..sweeps.spec import OptunaSpec
-    from ..sweeps.storage import is_rdb_url, locate_storage, masked_url, open_storage
+    from ..sweeps.storage import is_rdb_url, locate_storage, masked_url, open_storage, quiet_optuna
 
     quiet_optuna()
     location, name = locate_storage(target)

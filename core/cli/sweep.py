@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..names import names
 from ..sweeps import SWEEP_ENGINES, run_sweep
 
 
@@ -29,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", default="results", help="results root (default: results)")
     parser.add_argument("--engine", choices=SWEEP_ENGINES.names(), default="optuna", help="default: optuna")
     parser.add_argument("--sweep-id", help="join this W&B sweep (--engine wandb)")
-    parser.add_argument("--launcher", choices=("local", "slurm"), default="local",
+    parser.add_argument("--launcher", choices=names("launcher"), default="local",
                         help="local: worker processes here (default); slurm: submit --workers array tasks and return")
     parser.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
                         help="a key of the sweep file's slurm: block (partition, time, cpus_per_task, gpus_per_task, "

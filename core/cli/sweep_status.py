@@ -9,7 +9,7 @@ from pathlib import Path
 
 def show_status(args: argparse.Namespace) -> int:
     from ..sweeps import load_sweep
-    from ..sweeps.launch_status import status_lines, status_location, sweep_status
+    from ..sweeps.status import status_lines, status_location, sweep_status
 
     sweep = load_sweep(args.sweep, args.overrides)
     status = sweep_status(sweep, status_location(sweep, args.storage, Path(args.results)))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from ..spec import ModelSpec
+from ..sections import ModelSpec
 from .base import MODELS, SegmentationModel, check_input_size, model_specific_options, nearest_valid_size, predict_batch
 from .blocks import ConvBNReLU, DoubleConv, Head, Up
 from .decoders import DECODERS, LabDecoder, SmpDecoder, UNetDecoder

@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from ..errors import SpecError, SpecFieldError
 from ..registry import Registry
-from ..spec import ModelSpec
+from ..sections import ModelSpec
 from .init import Init, init_weights
 
 MODELS = Registry("model")
@@ -92,3 +92,21 @@ def predict_batch(model: nn.Module, images: torch.Tensor, tta: str = "none") -> 
     if tta == "hflip":
         output = (output + model(images.flip(-1)).flip(-1)) / 2
     return output
+
+
+def fit_problems(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor],
+                 words: Mapping[str, str] | None = None) -> list[str]:
+    """What keeps `state` from loading into a model whose state dict is `own`: its keys the model
+    lacks, the model's keys it lacks, and the shapes that differ, each counted with its first
+    example. `words` rewords the three ("unexpected", "missing", "mismatched") for the caller."""
+    said = {"unexpected": "{n} unexpected keys (e.g. {k})", "missing": "{n} missing keys (e.g. {k})",
+            "mismatched": "{n} shape mismatches (e.g. {k}: {theirs} vs {ours})", **(words or {})}
+    found = {"missing": [k for k in own if k not in state], "unexpected": [k for k in state if k not in own],
+             "mismatched": [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]}
+    parts = []
+    for kind in ("missing", "unexpected", "mismatched"):
+        if found[kind]:
+            k = found[kind][0]
+            shapes = {"theirs": tuple(state[k].shape), "ours": tuple(own[k].shape)} if kind == "mismatched" else {}
+            parts.append(said[kind].format(n=len(found[kind]), k=k, **shapes))
+    return parts

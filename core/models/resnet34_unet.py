@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import CheckpointError, SpecError
-from ..spec import ModelSpec
+from ..sections import ModelSpec
 from .base import MODELS, SegmentationModel, check_input_size
 from .blocks import Head, apply_head
 from .decoders import DECODERS

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..spec import ModelSpec
+from ..sections import ModelSpec
 from .base import MODELS, SegmentationModel, check_input_size
 from .blocks import ConvBNReLU, Head, Up, apply_head, dropout_layer
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import CheckpointError
+from .base import fit_problems
 from .study_resnet34_unet import StudyResNet34UNet
 from .unet import UNet
 
@@ -100,16 +101,10 @@ def load_study_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tenso
             unknown.append(key)
         else:
             renamed[target] = value
-    missing = [key for key in ours if key not in renamed]
-    shapes = [f"{key} is {tuple(value.shape)} here, {tuple(ours[key].shape)} in {name}"
-              for key, value in renamed.items() if value.shape != ours[key].shape]
-    problems = []
-    if unknown:
-        problems.append(f"{len(unknown)} key(s) {name} has no counterpart for (first: {unknown[0]!r})")
-    if missing:
-        problems.append(f"{len(missing)} parameter(s) of {name} missing (first: {missing[0]!r})")
-    if shapes:
-        problems.append(f"{len(shapes)} shape(s) differ (first: {shapes[0]})")
+    problems = [f"{len(unknown)} key(s) {name} has no counterpart for (first: {unknown[0]!r})"] if unknown else []
+    problems += fit_problems(ours, renamed, {
+        "missing": f"{{n}} parameter(s) of {name} missing (first: {{k!r}})",
+        "mismatched": f"{{n}} shape(s) differ (first: {{k}} is {{theirs}} here, {{ours}} in {name})"})
     if problems:
         raise CheckpointError(f"not a state dict of the study's {study} that fits this {name}: "
                               f"{'; '.join(problems)}{_unet_hint(model, state_dict)}")

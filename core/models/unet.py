@@ -7,7 +7,7 @@ from typing import Iterator
 import torch
 import torch.nn as nn
 
-from ..spec import ModelSpec
+from ..sections import ModelSpec
 from .base import MODELS, SegmentationModel, check_input_size
 from .blocks import DoubleConv, Head, Up, apply_head, dropout_layer
 

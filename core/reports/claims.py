@@ -19,6 +19,7 @@ from ..analysis.design import Design, DesignCell, Schedule, design_from_dict
 from ..analysis.estimate import ClaimTerm
 from ..analysis.records import ReportError, RunRecord, run_arm_hash
 from ..analysis.verdicts import complete_rounds
+from ..errors import validation_problem
 from ..format import fmt_ci, fmt_delta, fmt_float, fmt_value
 from ..sweeps.claims import ClaimSpec
 from .markdown import table
@@ -45,9 +46,8 @@ def read_claims(sweep: Mapping[str, Any]) -> list[ClaimSpec]:
     try:
         return [ClaimSpec.model_validate(c) for c in raw]
     except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(p) for p in error["loc"])
-        raise ReportError(f"sweep.yaml: claims: {where}: {error['msg']}") from None
+        key, message = validation_problem(exc.errors()[0])
+        raise ReportError(f"sweep.yaml: claims: {key}: {message}") from None
 
 
 def target_keys(claims: Sequence[ClaimSpec]) -> set[str]:

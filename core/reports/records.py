@@ -13,27 +13,27 @@ from ..analysis.records import (  # noqa: F401  (re-exported: reports read recor
 
 def load_optuna_study(sweep_dir: Path, sweep: Mapping[str, Any]) -> tuple[Any, str]:
     """The sweep's Optuna study (journal.log in the sweep folder, or sweep.yaml optuna.storage),
-    or (None, why not)."""
+    or (None, why not). Opened as sweeps open it (`segsweep.sweeps.storage.open_storage`)."""
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    from ..sweeps.spec import OptunaSpec
+    from ..sweeps.storage import open_storage, quiet_optuna
+
+    quiet_optuna()
     opt = sweep.get("optuna") if isinstance(sweep.get("optuna"), Mapping) else {}
     setting = opt.get("storage") if isinstance(opt.get("storage"), str) else None
     journal = sweep_dir / "journal.log"
     if journal.is_file():
-        storage: Any = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
-        where = "journal.log"
+        location, where = str(journal), "journal.log"
     elif setting and "://" in setting:
-        from ..sweeps.storage import resolve_rdb_url
-
-        storage, where = resolve_rdb_url(setting), setting
+        location, where = setting, setting
     elif setting and (Path(setting).is_file() or (sweep_dir / setting).is_file()):
-        path = Path(setting) if Path(setting).is_file() else sweep_dir / setting  # as given, or beside sweep.yaml
-        storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+        location = str(Path(setting) if Path(setting).is_file() else sweep_dir / setting)  # as given, or beside sweep.yaml
         where = setting
     else:
         return None, "no Optuna storage found (no journal.log in the sweep folder, no optuna.storage in sweep.yaml)"
     try:
+        storage = open_storage(location, OptunaSpec())
         names = sorted(optuna.get_all_study_names(storage))
     except Exception as exc:  # any storage problem is a note in the report, not a failure
         return None, f"Optuna storage {where} could not be opened: {type(exc).__name__}: {exc}"

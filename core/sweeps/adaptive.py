@@ -68,7 +68,6 @@ def run_rounds(study: Any, storage: Any, study_id: int, sweep: Sweep, sweep_dir:
     cells x seeds not finished). `run_round()` runs the workers until the queue is empty and
     returns True when a signal stopped them."""
     from ..record import code_state
-    from .cells import cell_config_hash
     from .study import enqueue_grid, holds
 
     design, settings = sweep.design, sweep.settings()
@@ -80,20 +79,20 @@ def run_rounds(study: Any, storage: Any, study_id: int, sweep: Sweep, sweep_dir:
     if not sweep.claims:
         echo(f"sweep {sweep.name}: nothing to compare (no claims, and no baseline arm to compare the others with): "
              "only the initial round runs")
-    cells = {c.label: c for c in sweep.cells}
     target, analysis, stopped_by, unplanned = design.schedule.initial, None, "", 0
     while True:
-        runs = design.runs_through(target)
+        planned = [trial for round_ in range(1, target + 1) for trial in sweep.planned(round_)]
+        runs = [(t.cell.label, t.seed) for t in planned]
         # the side arms of every round first (one may be a slower network): the rounds end sooner
-        queued = enqueue_grid(study, sweep, sorted(runs, key=lambda r: design.cell(r.cell).side is None))
+        queued = enqueue_grid(study, sweep, sorted(planned, key=lambda t: design.cell(t.cell.label).side is None))
         echo(f"sweep {sweep.name}: rounds 1-{target} of at most {design.rounds_max}: {len(runs)} runs planned so far; "
              f"{queued} queued now; storage {where}")
         if run_round():
             values = trial_values(sweep, storage.get_all_trials(study_id, deepcopy=False))
-            return True, sum((r.cell, r.seed) not in values for r in runs)
+            return True, sum(run not in values for run in runs)
         trials = storage.get_all_trials(study_id, deepcopy=False)
         values = trial_values(sweep, trials)
-        missing = [r for r in runs if (r.cell, r.seed) not in values]
+        missing = [run for run in runs if run not in values]
         if missing:
             stopped_by = f"{len(missing)} planned run(s) did not finish; rerun the command to resume"
             break
@@ -103,9 +102,9 @@ def run_rounds(study: Any, storage: Any, study_id: int, sweep: Sweep, sweep_dir:
             stopped_by = why
             analysis = analyse(design, sweep.claims, values, settings, rounds=target, ended=True)
             break
-        following = design.runs(target + 1)
+        following = sweep.planned(target + 1)
         held = {t.user_attrs.get("config_hash") for t in trials if holds(t)}
-        started = any(cell_config_hash(sweep, cells[r.cell], r.seed)[0] in held for r in following)
+        started = any(trial.config_hash in held for trial in following)
         starts = [t.datetime_start.timestamp() for t in trials if t.datetime_start is not None]
         why = schedule.budget_left(len(runs) + len(following), min(starts, default=None))
         if why and not started:

@@ -38,6 +38,17 @@ class Cell:
 
 
 @dataclass(frozen=True)
+class PlannedTrial:
+    """One cell x seed a sweep plans, resolved to the hashes its run will record."""
+
+    cell: Cell
+    seed: int
+    round: int | None  # the design's round; None for a sweep of fixed seeds without rounds
+    config_hash: str
+    arm_hash: str
+
+
+@dataclass(frozen=True)
 class Sweep:
     path: Path
     spec: SweepSpec
@@ -50,6 +61,7 @@ class Sweep:
     design: Design | None = None  # a grid that settles claims or runs in rounds: its planned runs
     claims: tuple[ClaimTerm, ...] = ()  # its trained claims, as the analysis compares them
     _specs: dict = field(default_factory=dict, compare=False, repr=False)  # cell label -> (spec, identity values)
+    _planned: dict = field(default_factory=dict, compare=False, repr=False)  # round -> its PlannedTrials
 
     @property
     def rounds(self) -> bool:
@@ -70,6 +82,22 @@ class Sweep:
             spec = override_spec(self.base, cell.overrides)
             self._specs[cell.label] = (seed_free_values(spec), arm_hash(spec))
         return self._specs[cell.label]
+
+    def planned(self, round_: int | None = None) -> tuple[PlannedTrial, ...]:
+        """The trials of one round of the design (None: every cell x seed of a sweep without
+        rounds, seed-major), resolved once and kept: queueing, `--status`, the progress bar and
+        the rounds driver all read these. Rounds are resolved only when asked for, so a
+        schedule's maximum is never materialised."""
+        if round_ not in self._planned:
+            if round_ is None:
+                pairs = [(cell, seed) for seed in self.seeds for cell in self.cells]
+            else:
+                assert self.design is not None, "rounds belong to a design"
+                labels = {c.label: c for c in self.cells}
+                pairs = [(labels[run.cell], run.seed) for run in self.design.runs(round_)]
+            self._planned[round_] = tuple(PlannedTrial(cell, seed, round_, *cell_config_hash(self, cell, seed))
+                                          for cell, seed in pairs)
+        return self._planned[round_]
 
     @property
     def method(self) -> str:

@@ -1,77 +1,35 @@
 """Sweep engines, found by name in `SWEEP_ENGINES`, and `run_sweep`, which loads a sweep file and
 hands it to one.
 
-An engine is a function `(sweep, *, workers, storage, results, sweep_id, fit_fn, echo) ->
-SweepOutcome`; adding one is a module with that function plus its registration:
+An engine is a function `(sweep, *, workers, storage, results, sweep_id, fit_fn, echo, launcher,
+pairs) -> SweepOutcome` (`contract.py` holds the types); adding one is a module with that
+function plus its registration:
 
     @SWEEP_ENGINES.register("mine")
-    def run_mine(sweep, *, workers, storage, results, sweep_id, fit_fn, echo): ...
+    def run_mine(sweep, *, workers, storage, results, sweep_id, fit_fn, echo, launcher, pairs): ...
 
-The built-in engines import their module (and Optuna or W&B) only when they run, so listing the
-names (`segsweep sweep --help`) stays light.
+Where the Optuna engine's workers run is a launcher (`launchers.LAUNCHERS`: local, slurm); the
+W&B engine runs its agent here. The built-in engines import their module (and Optuna or W&B)
+only when they run, so listing the names (`segsweep sweep --help`) stays light.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from ..errors import SweepError
+from ..names import names
 from ..registry import Registry
 from .cells import Sweep
+from .contract import (  # noqa: F401  (re-exported: they lived here before contract.py)
+    Echo, FitFn, SweepOutcome, factor_levels, real_fit, trial_tracker,
+)
 from .spec import load_sweep
 
 log = logging.getLogger(__name__)
 
-FitFn = Callable[..., Any]  # segsweep.train.fit's signature: (spec, run_dir, tracker=, on_epoch_end=) -> RunResult
-Echo = Callable[[str], None]
-
 SWEEP_ENGINES = Registry("sweep engine")
-
-
-@dataclass(frozen=True)
-class SweepOutcome:
-    sweep_dir: Path
-    rows: list[dict[str, Any]]
-    pending: int  # grid cells x seeds not yet held by a trial (a rerun runs them); 0 when done
-    exit_code: int  # 0 done, 1 some cells need a rerun, 130 interrupted
-
-
-def real_fit() -> FitFn:
-    """`segsweep.train.fit`, imported when a trial first needs it (it brings torch)."""
-    from ..train import fit
-
-    return fit
-
-
-def trial_tracker(spec: Any, run_dir: Path, sweep: Sweep | None = None) -> Any:
-    """The trial's tracker, or None when nothing is tracked (fit then skips prediction grids)."""
-    from ..tracking import Tracker, build_tracker
-
-    tracker = build_tracker(spec, run_dir, factor_levels(sweep) if sweep is not None else None)
-    return None if type(tracker) is Tracker else tracker
-
-
-def factor_levels(sweep: Sweep) -> dict[str, list[Any]]:
-    """The sweep's factors and their levels, by dotted key: every categorical parameter, every key
-    a grid cell sets (the base value where a cell leaves it), the arm (each cell's label, as the
-    trial's W&B job_type and TensorBoard HParam `arm`) and the seed."""
-    from .cells import base_values, job_type
-
-    levels = {k: list(p.values or ()) for k, p in sweep.searched.items() if p.kind == "categorical"}
-    base = base_values(sweep)
-    for key in dict.fromkeys(k for cell in sweep.cells for k in cell.overrides):
-        bucket = levels.setdefault(key, [])
-        for cell in sweep.cells:
-            value = cell.overrides.get(key, base.get(key))
-            if value not in bucket:
-                bucket.append(value)
-    if sweep.cells:
-        levels["arm"] = [job_type(cell.label) for cell in sweep.cells]
-    levels["seed"] = list(sweep.seeds) if sweep.design is None or not sweep.rounds else sorted(
-        {r.seed for r in sweep.design.runs_through(sweep.design.rounds_max)})  # bounded: at most 100 rounds
-    return levels
 
 
 @SWEEP_ENGINES.register("optuna")
@@ -116,15 +74,13 @@ def run_sweep(
         raise SweepError(f"--workers {workers}: expected at least 1")
     if engine not in SWEEP_ENGINES:
         raise SweepError(f"--engine {engine}: expected {' or '.join(SWEEP_ENGINES.names())}")
-    if launcher not in ("local", "slurm"):
-        raise SweepError(f"--launcher {launcher}: expected local or slurm")
-    if launcher == "slurm" and engine != "optuna":
-        raise SweepError(f"--launcher slurm runs Optuna workers; --engine {engine} cannot be combined with it")
+    if launcher not in names("launcher"):
+        raise SweepError(f"--launcher {launcher}: expected {' or '.join(names('launcher'))}")
+    if launcher != "local" and engine != "optuna":
+        raise SweepError(f"--launcher {launcher} runs Optuna workers; --engine {engine} cannot be combined with it")
     sweep = load_sweep(path, overrides)
-    if launcher == "slurm":
-        from .slurm import submit_slurm_sweep
-
-        return submit_slurm_sweep(sweep, workers=workers, storage=storage, results=Path(results), pairs=slurm,
-                                  echo=echo or log.info)
-    return SWEEP_ENGINES.get(engine)(sweep, workers=workers, storage=storage, results=Path(results),
-                                     sweep_id=sweep_id, fit_fn=fit_fn, echo=echo or log.info)
+    options: dict[str, Any] = dict(workers=workers, storage=storage, results=Path(results), sweep_id=sweep_id,
+                                   fit_fn=fit_fn, echo=echo or log.info)
+    if launcher != "local":  # only the Optuna engine takes another launcher (checked above)
+        options.update(launcher=launcher, pairs=tuple(slurm))
+    return SWEEP_ENGINES.get(engine)(sweep, **options)

@@ -9,26 +9,17 @@ by round (`segsweep.analysis.design`), never materialised up to its maximum.
 """
 from __future__ import annotations
 
-import difflib
 import time
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError, model_validator
 
-from ..errors import user_parts
+from ..errors import SpecFieldError, validation_problem
 from ..spec import SEED_MAX
 
 MAX_SEEDS = 1000  # seeds per arm at most in a seed schedule
 MAX_ROUNDS = 100  # rounds of a fraction at most
 MAX_HOURS = 24 * 60  # a budget beyond 60 days is a typo
-
-
-class ScheduleRule(ValueError):
-    """A cross-field rule of a schedule, with the key (below the schedule) it concerns."""
-
-    def __init__(self, key: str, message: str):
-        super().__init__(message)
-        self.key = key
 
 
 class BudgetSpec(BaseModel):
@@ -72,12 +63,12 @@ class SeedSchedule(SequentialSettings):
     @model_validator(mode="after")
     def _consistent(self) -> "SeedSchedule":
         if any(not 0 <= s <= SEED_MAX for s in self.initial) or len(set(self.initial)) != len(self.initial):
-            raise ScheduleRule("initial", f"expected distinct integers in 0..{SEED_MAX}, got {list(self.initial)}")
+            raise SpecFieldError("initial", f"expected distinct integers in 0..{SEED_MAX}, got {list(self.initial)}")
         if self.max < len(self.initial):
-            raise ScheduleRule("max", f"{self.max} is below the {len(self.initial)} initial seeds")
+            raise SpecFieldError("max", f"{self.max} is below the {len(self.initial)} initial seeds")
         top = max(self.initial) + self.max - len(self.initial)
         if top > SEED_MAX:
-            raise ScheduleRule("max", f"the planned seeds go up to {top}, above {SEED_MAX} (numpy's largest seed); "
+            raise SpecFieldError("max", f"the planned seeds go up to {top}, above {SEED_MAX} (numpy's largest seed); "
                                "lower max or the initial seeds")
         return self
 
@@ -102,7 +93,7 @@ class RoundSchedule(SequentialSettings):
     @model_validator(mode="after")
     def _consistent(self) -> "RoundSchedule":
         if self.max < self.initial:
-            raise ScheduleRule("max", f"{self.max} is below the {self.initial} initial rounds")
+            raise SpecFieldError("max", f"{self.max} is below the {self.initial} initial rounds")
         return self
 
 
@@ -118,36 +109,18 @@ MEANING = {
 
 
 def schedule_error(exc: ValidationError, where: str, model: type[BaseModel]) -> tuple[str, str]:
-    """(dotted key under `where`, message) of the first problem of a schedule."""
+    """(dotted key under `where`, message) of the first problem of a schedule (an unknown key
+    first: a typo explains a missing key)."""
     errors = exc.errors()
-    error = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])  # a typo explains a missing key
-    rule = error.get("ctx", {}).get("error")
-    if isinstance(rule, ScheduleRule):
-        return f"{where}.{rule.key}", str(rule)
-    loc, _ = user_parts(error["loc"])
-    key = ".".join([where, *loc]) if loc else where
-    if error["type"] == "extra_forbidden":
-        parent: type[BaseModel] = BudgetSpec if loc[:1] == ["budget"] and len(loc) == 2 else model
-        valid = list(parent.model_fields)
-        close = difflib.get_close_matches(loc[-1], valid, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        return key, f"unknown key; {hint}valid keys: {', '.join(valid)}"
-    value = error.get("input")
-    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
-        return key, f"expected a finite number, got {value!r}"
-    meaning = MEANING.get(loc[-1]) if loc else None
-    if meaning and error["type"] in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        return key, f"expected {meaning}, got {value!r}"
-    message = error["msg"].removeprefix("Value error, ")
-    if error["type"] != "missing" and not isinstance(value, Mapping):
-        message = f"{message} (got {value!r})"
-    return key, message
+    error = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+    valid = {(): list(model.model_fields), ("budget",): list(BudgetSpec.model_fields)}
+    return validation_problem(error, where=where, meanings=MEANING, valid_keys=lambda loc: valid.get(tuple(loc)))
 
 
 def parse_schedule(tree: Any, where: str, model: type[BaseModel]) -> Any:
-    """Validate `tree` as `model`, or raise ScheduleRule naming the dotted key (under `where`)."""
+    """Validate `tree` as `model`, or raise SpecFieldError naming the dotted key (under `where`)."""
     try:
         return model.model_validate(tree)
     except ValidationError as exc:
         key, message = schedule_error(exc, where, model)
-        raise ScheduleRule(key, message) from None
+        raise SpecFieldError(key, message) from None

@@ -17,11 +17,12 @@ from typing import Any, Mapping, Sequence
 from ..errors import SegsweepError, SweepError
 from ..record import check_writable
 from .cells import Sweep
-from .engines import Echo, SweepOutcome
-from .launch_resume import slurm_job_id
-from .launch_spec import SlurmSpec, slurm_options
+from .contract import Echo, FitFn, SweepOutcome, WorkerPlan
+from .prepare import prepare, queue_line
+from .resume import slurm_job_id
+from .slurm_spec import SlurmSpec, slurm_options
 from .storage import SECRET_QUERY_KEYS, is_rdb_url, masked_url
-from .trial import WorkerPlan
+from .study import pending_trials
 
 log = logging.getLogger(__name__)
 
@@ -142,99 +143,89 @@ def resource_plan(environ: Mapping[str, str] | None = None, cpus: int | None = N
 
 
 def _child(plan: WorkerPlan, device: str | None) -> None:
-    """One worker process on the node: its GPU, and SIGUSR2 between trials stops it cleanly."""
-    from .optuna_engine import _worker_entry
+    """One worker process on the node, on its GPU. The warning signal stops it: during a trial
+    `fit` finishes the step, saves last.pt and the trial is queued to resume; between trials
+    it raises KeyboardInterrupt, the worker loop's clean stop."""
+    from .worker import worker_entry
 
     if device is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = device
-    signal.signal(signal.SIGUSR2, _stop_between_trials)
-    _worker_entry(plan)
-
-
-def _stop_between_trials(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt  # the worker loop's clean stop; during a trial fit handles SIGUSR2 itself
+    signal.signal(signal.SIGUSR2, signal.default_int_handler)
+    worker_entry(plan)
 
 
 class SlurmWorker:
     """What each array task runs (pickled by submitit): one worker process per GPU it was given
     (else one), the task's CPUs split among them, each claiming trials until the sweep is settled.
 
-    sbatch's `--signal=USR2@signal_delay_s` warns the task before its time limit (or a
-    preemption): its workers finish the current step, save `last.pt`, queue their trial to
-    resume from it (`launch_resume`) and stop; the task then requeues itself (`scontrol
-    requeue`), and whichever worker claims the trial next continues it in the same run folder.
-    A SIGTERM without that warning (`scancel`, a preemption without `--signal`) stops the
-    workers the same way, but the task does not requeue itself: a cancelled job stays
-    cancelled, and SLURM requeues a preempted one itself (the array is `--requeue`); the
-    queued trials go to any other worker, or to the next run of the command. A worker killed
-    without warning leaves a stale trial, retried after the heartbeat grace period as on one
-    machine.
+    Signals and requeue are submitit's, in one place: sbatch's `--signal=USR2@signal_delay_s`
+    warns the task before its time limit (or a preemption) and submitit's handler calls
+    `checkpoint`, which passes the warning to the workers and waits while they finish the
+    current step, save `last.pt`, queue their trial to resume from it (`resume.py`) and stop;
+    submitit then requeues the task (`scontrol requeue`), and whichever worker claims the
+    trial next continues it in the same run folder. A SIGTERM without that warning
+    (`scancel`, a preemption without `--signal`) reaches the workers from SLURM itself and
+    stops them the same way; the task is not requeued: a cancelled job stays cancelled, and
+    SLURM requeues a preempted one itself (the array is `--requeue`). A worker killed without
+    warning leaves a stale trial, retried after the heartbeat grace period as on one machine.
     """
 
     def __init__(self, plan: WorkerPlan) -> None:
         self.plan = plan
+        self._children: list[multiprocessing.process.BaseProcess] = []
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"plan": self.plan}  # what submitit pickles, also for a requeue: never the processes
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["plan"])  # type: ignore[misc]
 
     def __call__(self, task: int) -> str:
-        from ..cli import install_log_handler
+        from ..logs import install_log_handler
 
         install_log_handler()
         resources = resource_plan()
-        warned: list[int] = []
-        children: list[multiprocessing.process.BaseProcess] = []
-
-        def on_warning(signum: int, frame: Any) -> None:  # forwarded in case only this process got it
-            warned.append(signum)
-            for child in children:
-                if child.pid is not None and child.is_alive():
-                    os.kill(child.pid, signum)
-
-        signal.signal(signal.SIGUSR2, on_warning)
-        signal.signal(signal.SIGTERM, lambda signum, frame: log.warning("worker task: SIGTERM; workers save and stop"))
         ctx = multiprocessing.get_context("spawn")
         for index, device in enumerate(resources.devices):
             plan = replace(self.plan, worker=task * len(resources.devices) + index, threads=resources.threads)
-            children.append(ctx.Process(target=_child, args=(plan, device), name=f"sweep-worker-{index}"))
-            children[-1].start()
-        log.info(f"worker task {task} ({slurm_job_id()}): {len(children)} worker(s) on "
+            self._children.append(ctx.Process(target=_child, args=(plan, device), name=f"sweep-worker-{index}"))
+            self._children[-1].start()
+        log.info(f"worker task {task} ({slurm_job_id()}): {len(self._children)} worker(s) on "
                  f"{', '.join(d or 'cpu' for d in resources.devices)}, {resources.threads} thread(s) each")
-        for child in children:
-            child.join()
-        for child in children:
-            if child.exitcode is not None and child.exitcode < 0:
-                log.warning(f"worker {child.name} (pid {child.pid}) was killed by {signal.Signals(-child.exitcode).name}; "
-                            "its trial is retried once its heartbeat is stale")
-        if any(child.exitcode == 2 for child in children):
+        self._join()
+        if any(child.exitcode == 2 for child in self._children):
             raise SweepError(f"worker task {task}: a worker stopped with an error (see above)")
-        if warned:
-            return self._requeue()
         return "done"
 
-    def _requeue(self) -> str:
-        job = slurm_job_id()
-        done = subprocess.run(["scontrol", "requeue", str(job)], capture_output=True, text=True, timeout=60,
-                              check=False)
-        if done.returncode != 0:
-            log.warning(f"warning: scontrol requeue {job} failed: {done.stderr.strip()}")
-            return "stopped"
-        log.info(f"requeued {job}: its trials resume from their last.pt")
-        return "requeued"
+    def _join(self) -> None:
+        for child in self._children:
+            child.join()
+        for child in self._children:
+            if child.exitcode is not None and child.exitcode < 0:
+                log.warning(f"worker {child.name} (pid {child.pid}) was killed by "
+                            f"{signal.Signals(-child.exitcode).name}; its trial is retried once its heartbeat is stale")
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
-        """submitit's hook when its own handler sees the warning (before any worker started): run again."""
+        """submitit's hook on the warning signal: the workers save and stop, then submitit
+        requeues the task to run again (its trials resume from their last.pt)."""
         import submitit
 
-        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+        for child in self._children:
+            if child.pid is not None and child.is_alive():
+                os.kill(child.pid, signal.SIGUSR2)  # in case only the task's process got the warning
+        self._join()
+        log.info(f"{slurm_job_id()}: workers stopped; submitit requeues the task and its trials resume from last.pt")
+        return submitit.helpers.DelayedSubmission(SlurmWorker(self.plan), *args, **kwargs)
 
 
 # --------------------------------------------------------------------------- submitting
 
 
-def submit_slurm_sweep(sweep: Sweep, *, workers: int, storage: str | None, results: Path,
+def submit_slurm_sweep(sweep: Sweep, *, workers: int, storage: str | None, results: Path, fit_fn: FitFn | None,
                        pairs: Sequence[str], echo: Echo) -> SweepOutcome:
     """Queue the sweep in its shared storage and submit `workers` array tasks; returns at once."""
-    from .optuna_engine import _open_before_any_work, _queue, _write_sweep_yaml, quiet_optuna
-    from .study import open_study, pending_trials
-
+    if fit_fn is not None:
+        raise SweepError("--launcher slurm trains with segsweep.train.fit in the job; fit_fn= is for local workers")
     if sweep.rounds:
         raise SweepError(f"{sweep.path}: {'rounds' if sweep.design.kind == 'fraction' else 'seeds'}: a sweep in "
                          "rounds needs the driver that analyses each round, which runs with the local launcher "
@@ -253,12 +244,9 @@ def submit_slurm_sweep(sweep: Sweep, *, workers: int, storage: str | None, resul
     if node_local(sweep_dir):
         log.warning(f"warning: the run folders go to {sweep_dir}, {node_local(sweep_dir)}: fine on one node, but a "
                     "trial resumed on another node needs its last.pt there: put --results on a shared filesystem")
-    quiet_optuna()
-    store = _open_before_any_work(sweep, sweep_dir, location, prepare_data=True)
-    study = open_study(sweep, store)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    where = _write_sweep_yaml(sweep, sweep_dir, location)
-    echo(_queue(study, sweep, where))
+    # `auto` speed settings are decided by the first worker task on a compute node, not here
+    ready = prepare(sweep, sweep_dir, location, prepare_data=True, decide_speed=False)
+    echo(queue_line(ready))
     plan = WorkerPlan(sweep=sweep, sweep_dir=sweep_dir, storage=location, show_logs=True, progress_bars=False,
                       resume_interrupted=True)
     array = _submit(plan, options, workers, sweep_dir / "slurm")
@@ -266,10 +254,10 @@ def submit_slurm_sweep(sweep: Sweep, *, workers: int, storage: str | None, resul
                          *(["--storage", location] if storage else []),  # no password (refused above)
                          *(["--results", str(results)] if str(results) != "results" else [])])
     for line in (f"submitted job array {array}: {workers} worker(s) on partition {options.partition or '(default)'}",
-                 f"storage: {where}", f"logs: {sweep_dir / 'slurm'}", f"watch: squeue -j {array}",
+                 f"storage: {ready.where}", f"logs: {sweep_dir / 'slurm'}", f"watch: squeue -j {array}",
                  f"status: {status}", f"cancel: scancel {array}"):
         echo(line)
-    pending = pending_trials(store.get_all_trials(store.get_study_id_from_name(sweep.name), deepcopy=False), sweep)
+    pending = pending_trials(ready.store.get_all_trials(ready.study_id, deepcopy=False), sweep)
     return SweepOutcome(sweep_dir=sweep_dir, rows=[], pending=pending, exit_code=0)
 
 

@@ -5,17 +5,15 @@ into a `Sweep` and its grid cells. Both engines apply parameters with `override_
 from __future__ import annotations
 
 import difflib
-import hashlib
-import json
 import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, ValidationError, model_validator
 
-from ..errors import SpecError, user_parts
+from ..errors import SpecError, SpecFieldError, user_parts, validation_problem
 from ..spec import (
-    SEED_MAX, ExperimentSpec, load_spec, override_spec, parse_override, read_yaml, spec_to_dict,
+    SEED_MAX, ExperimentSpec, identity_tree, load_spec, override_spec, read_yaml, short_hash, typed_overrides,
 )
 from .cells import Cell, Sweep, canonical_value as _canonical, cell_label  # noqa: F401  (cell_label: re-exported)
 from .claims import ClaimSpec, check_claim_ids, implicit_claims, resolve_claims
@@ -23,8 +21,8 @@ from .plan import (
     check_key as _check_key, check_value as _check_value, cells_design, fraction_design, grid_cells,
     refuse_identical_arms,
 )
-from .launch_spec import SlurmSpec
-from .schedule import RoundSchedule, ScheduleRule, SeedSchedule, parse_schedule
+from .slurm_spec import SlurmSpec
+from .schedule import RoundSchedule, SeedSchedule, parse_schedule
 
 # A parameter value: what a YAML scalar can be (Optuna's categorical choices are exactly these).
 Scalar = Union[StrictBool, StrictInt, StrictFloat, str, None]
@@ -173,10 +171,7 @@ class SweepSpec(_Section):
         out = dict(tree)
         for key, model in (("seeds", SeedSchedule), ("rounds", RoundSchedule)):
             if isinstance(tree.get(key), Mapping):
-                try:
-                    out[key] = parse_schedule(tree[key], key, model)
-                except ScheduleRule as rule:
-                    raise _KeyError(rule.key, str(rule)) from None
+                out[key] = parse_schedule(tree[key], key, model)  # a problem: SpecFieldError naming its key
         return out
 
     @model_validator(mode="after")
@@ -184,31 +179,31 @@ class SweepSpec(_Section):
         self._fraction_rules()
         if isinstance(self.seeds, SeedSchedule):
             if self.method != "grid" or self.optuna.prune_grid:
-                raise _KeyError("seeds", "a seed schedule adds seeds to grid cells: use method: grid without "
+                raise SpecFieldError("seeds", "a seed schedule adds seeds to grid cells: use method: grid without "
                                 "optuna.prune_grid (a pruned trial has no test Dice to analyse)")
         elif self.seeds is not None:
             if any(not 0 <= s <= SEED_MAX for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
-                raise _KeyError("seeds", f"expected distinct integers in 0..{SEED_MAX} (what the random generators "
+                raise SpecFieldError("seeds", f"expected distinct integers in 0..{SEED_MAX} (what the random generators "
                                 f"take), got {list(self.seeds)}")
         sampled = [k for k, p in self.parameters.items() if p.kind not in ("constant", "categorical")]
         if self.method == "grid":
             if sampled:
-                raise _KeyError(f"parameters.{sampled[0]}", "grid enumerates `values`; a range needs method random or bayes")
+                raise SpecFieldError(f"parameters.{sampled[0]}", "grid enumerates `values`; a range needs method random or bayes")
             if self.run_cap is not None:
-                raise _KeyError("run_cap", "grid runs every cell x seed exactly once; run_cap is for random/bayes")
+                raise SpecFieldError("run_cap", "grid runs every cell x seed exactly once; run_cap is for random/bayes")
         else:
             if self.arms is not None:
-                raise _KeyError("arms", "arms are cells of a grid; use method: grid")
+                raise SpecFieldError("arms", "arms are cells of a grid; use method: grid")
             if self.run_cap is None:
-                raise _KeyError("run_cap", f"method {self.method} needs run_cap (the number of trials)")
+                raise SpecFieldError("run_cap", f"method {self.method} needs run_cap (the number of trials)")
             if self.seeds is not None and len(self.seeds) > 1:
-                raise _KeyError("seeds", f"method {self.method} samples one configuration per trial: give one seed "
+                raise SpecFieldError("seeds", f"method {self.method} samples one configuration per trial: give one seed "
                                 "(replicates across seeds are for grid sweeps)")
             if not any(p.kind != "constant" for p in self.parameters.values()):
-                raise _KeyError("parameters", f"method {self.method} needs at least one parameter to search")
+                raise SpecFieldError("parameters", f"method {self.method} needs at least one parameter to search")
         pruner = self.optuna.pruner
         if self.early_terminate is not None and pruner not in (None, "hyperband"):
-            raise _KeyError("optuna.pruner", f"early_terminate asks for hyperband but optuna.pruner is {pruner}; "
+            raise SpecFieldError("optuna.pruner", f"early_terminate asks for hyperband but optuna.pruner is {pruner}; "
                             "keep one of them")
         return self
 
@@ -216,39 +211,39 @@ class SweepSpec(_Section):
         if self.factors is None:
             for key in ("fraction", "rounds"):
                 if getattr(self, key) is not None:
-                    raise _KeyError(key, f"`{key}:` belongs to a fraction: give `factors:` (key: [recipe level, "
+                    raise SpecFieldError(key, f"`{key}:` belongs to a fraction: give `factors:` (key: [recipe level, "
                                     "other level]) too")
             return
         if self.method != "grid" or self.optuna.prune_grid:
-            raise _KeyError("factors", "a fraction is a grid: use method: grid without optuna.prune_grid")
+            raise SpecFieldError("factors", "a fraction is a grid: use method: grid without optuna.prune_grid")
         if self.seeds is not None:
-            raise _KeyError("seeds", "every run of a fraction gets its own seed: set `rounds.seed` (the first "
+            raise SpecFieldError("seeds", "every run of a fraction gets its own seed: set `rounds.seed` (the first "
                             "run's) and the rounds in `rounds:`, not `seeds:`")
         grid = [k for k, p in self.parameters.items() if p.kind != "constant"]
         if grid:
-            raise _KeyError(f"parameters.{grid[0]}", "a fraction varies only its `factors:` (and side `arms:`); "
+            raise SpecFieldError(f"parameters.{grid[0]}", "a fraction varies only its `factors:` (and side `arms:`); "
                             "make this a factor with two levels, or a constant")
         for key, levels in self.factors.items():
             if _canonical(levels[0]) == _canonical(levels[1]):
-                raise _KeyError(f"factors.{key}", f"the two levels must differ (got {list(levels)})")
+                raise SpecFieldError(f"factors.{key}", f"the two levels must differ (got {list(levels)})")
         for i, arm in enumerate(self.arms or ()):
             if not arm:
-                raise _KeyError(f"arms[{i}]", "the recipe runs in every round of a fraction; list only side arms")
+                raise SpecFieldError(f"arms[{i}]", "the recipe runs in every round of a fraction; list only side arms")
             shared = [k for k in arm if k in self.factors]
             if shared:
-                raise _KeyError(f"arms[{i}]", f"{shared[0]!r} is a factor of the fraction; a side arm changes "
+                raise SpecFieldError(f"arms[{i}]", f"{shared[0]!r} is a factor of the fraction; a side arm changes "
                                 "other keys (it runs at the recipe's level of every factor)")
         if self.rounds is not None and self.rounds.add not in ("replicate", "foldover", *self.factors):
-            raise _KeyError("rounds.add", f"expected replicate, foldover or a factor's key ({', '.join(self.factors)}), "
+            raise SpecFieldError("rounds.add", f"expected replicate, foldover or a factor's key ({', '.join(self.factors)}), "
                             f"got {self.rounds.add!r}")
 
     @model_validator(mode="after")
     def _claims_name_arms(self) -> "SweepSpec":
         problem = check_claim_ids(self.claims)
         if problem is not None:
-            raise _KeyError(*problem)
+            raise SpecFieldError(*problem)
         if self.claims and self.arms is None and self.factors is None:
-            raise _KeyError("claims", "claims compare arms: give `arms:` (method grid) or `factors:` (a fraction)")
+            raise SpecFieldError("claims", "claims compare arms: give `arms:` (method grid) or `factors:` (a fraction)")
         return self
 
     @property
@@ -256,55 +251,28 @@ class SweepSpec(_Section):
         return self.optuna.pruner or ("hyperband" if self.early_terminate is not None else "none")
 
 
-class _KeyError(ValueError):
-    """A cross-field rule of the sweep spec, raised with the dotted key it concerns."""
-
-    def __init__(self, key: str, message: str):
-        super().__init__(message)
-        self.key = key
-
-
 # --------------------------------------------------------------------------- labels and identity
-
-
-def _hash(tree: Any) -> str:
-    return hashlib.sha256(json.dumps(tree, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()[:12]
 
 
 # --------------------------------------------------------------------------- loading
 
 
-def _user_loc(raw: Sequence[Any]) -> tuple[list[str], int]:
-    """The location the user wrote (list indices as `[i]`), without pydantic's union branches."""
-    return user_parts(raw)
-
-
 def _describe(error: Mapping[str, Any]) -> tuple[str, str]:
     """(dotted key, message) for one pydantic error on a sweep file."""
-    cross = error.get("ctx", {}).get("error")
-    if isinstance(cross, _KeyError):
-        return cross.key, str(cross)
-    loc, branches = _user_loc(error["loc"])
-    key = ".".join(loc)
+    loc, branches = user_parts(error["loc"])
     value = error.get("input")
-    if isinstance(value, float) and not math.isfinite(value):  # refused by allow_inf_nan=False
-        return key, f"expected a finite number, got {value!r}"
-    if branches and (loc[0].startswith("arms") or loc[-1] == "value" or loc[-1].startswith("values[")):
-        return key, f"expected a single value (string, number, true/false or null), got {error['input']!r}"
-    if error["type"] in ("tuple_type", "list_type"):
-        return key, f"expected a list, got {error['input']!r}"
-    if error["type"] == "extra_forbidden":
-        parent = _section_of(loc)
-        if parent is None:
-            return key, "unknown key"
-        valid = list(parent.model_fields)
-        close = difflib.get_close_matches(loc[-1], valid, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        return key, f"unknown key; {hint}valid keys: {', '.join(valid)}"
-    message = error["msg"].removeprefix("Value error, ")
-    if "input" in error and error["type"] != "missing" and not isinstance(error["input"], Mapping):
-        message = f"{message} (got {error['input']!r})"
-    return key, message
+    plain = error.get("ctx", {}).get("error") is None and not (isinstance(value, float) and not math.isfinite(value))
+    if plain and branches and error["type"] != "extra_forbidden" and loc and \
+            (loc[0].startswith("arms") or loc[-1] == "value" or loc[-1].startswith("values[")):
+        return ".".join(loc), f"expected a single value (string, number, true/false or null), got {value!r}"
+    if plain and error["type"] in ("tuple_type", "list_type"):
+        return ".".join(loc), f"expected a list, got {value!r}"
+
+    def valid_keys(parent: list[str]) -> list[str] | None:
+        section = _section_of([*parent, ""])
+        return list(section.model_fields) if section is not None else None
+
+    return validation_problem(error, valid_keys=valid_keys)
 
 
 def _section_of(loc: Sequence[str]) -> type[BaseModel] | None:
@@ -331,7 +299,7 @@ def load_sweep(path: str | Path, overrides: Sequence[str] | Mapping[str, Any] = 
         spec = SweepSpec.model_validate(tree)
     except ValidationError as exc:
         key, message = _describe(exc.errors()[0])
-        places = {tuple(_user_loc(e["loc"])[0]) for e in exc.errors()}
+        places = {tuple(user_parts(e["loc"])[0]) for e in exc.errors()}
         more = f" (+{len(places) - 1} more)" if len(places) > 1 else ""
         raise SpecError(f"{path}: {key}: {message}{more}") from None
     name = spec.name or path.stem
@@ -345,7 +313,7 @@ def load_sweep(path: str | Path, overrides: Sequence[str] | Mapping[str, Any] = 
     if not experiment.is_file():
         raise SpecError(f"{path}: experiment: {spec.experiment!r} not found (looked at {experiment})")
     cli = tuple(overrides) if not isinstance(overrides, Mapping) else tuple(f"{k}={v}" for k, v in overrides.items())
-    typed = dict(overrides.items()) if isinstance(overrides, Mapping) else dict(map(parse_override, overrides))
+    typed = typed_overrides(overrides)
     varied = [k for k, p in spec.parameters.items() if p.kind != "constant"] + [k for a in spec.arms or () for k in a]
     clash = next((k for k in typed if k in varied), None)
     if clash is not None:
@@ -380,11 +348,11 @@ def load_sweep(path: str | Path, overrides: Sequence[str] | Mapping[str, Any] = 
             dumped.pop(later, None)
     identity = {
         "sweep": dumped,
-        "name": name, "base": {k: v for k, v in spec_to_dict(base).items() if k not in ("tracking", "name")},
+        "name": name, "base": {k: v for k, v in identity_tree(base).items() if k not in ("tracking", "name")},
         "seeds": list(seeds), "cells": [c.overrides for c in cells],
     }
     return Sweep(path=path, spec=spec, name=name, base=base, overrides=cli, seeds=tuple(seeds), cells=cells,
-                 hash=_hash(identity), design=design, claims=claims)
+                 hash=short_hash(identity), design=design, claims=claims)
 
 
 def _check_parameters(path: Path, spec: SweepSpec, base: ExperimentSpec, typed: Mapping[str, Any]) -> None:

@@ -1,14 +1,15 @@
 """Where a sweep's study lives: a journal file (with heartbeats) or an RDB URL, opened with retries.
+`open_storage` is the one way a storage is opened, by sweeps, `--status`, the dashboard and reports.
 
-This is the one module that touches Optuna's private API (`optuna.storages._heartbeat`,
-`_CachedStorage`, `_get_stale_trial_ids`, `_trial_id`); each use sits behind a small function
-here, and tests/test_sweeps.py exercises every one on the Optuna versions pyproject allows.
+With `running.py` (claims, heartbeats, stale trials), the one module that touches Optuna's
+private API (`optuna.storages._heartbeat`, `_CachedStorage`, `_get_stale_trial_ids`); each use
+sits behind a small function, and tests/test_sweeps.py exercises every one on the Optuna
+versions pyproject allows.
 """
 from __future__ import annotations
 
 import importlib.util
 import logging
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -22,6 +23,9 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import SweepError
+from .running import (  # noqa: F401  (re-exported: they lived here before running.py)
+    Heartbeat, claim_waiting, heartbeat_interval, is_retry, trial_id,
+)
 from .spec import OptunaSpec
 
 log = logging.getLogger(__name__)
@@ -40,7 +44,7 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
     `fail_stale_trials` fails it and calls the retry callback, exactly as with an RDB.
     """
 
-    def __init__(self, backend: JournalFileBackend, heartbeat_interval: int, grace_period: int,
+    def __init__(self, backend: JournalFileBackend, heartbeat_interval: int, grace_period: int,  # noqa: F811
                  stale_callback: Callable[[optuna.Study, FrozenTrial], None] | None) -> None:
         super().__init__(backend)
         self.heartbeat_interval = heartbeat_interval
@@ -97,6 +101,13 @@ def hides_secret(url: str) -> bool:
 
     parsed = make_url(url)
     return HIDDEN in (parsed.password, parsed.host) or any(parsed.query.get(k) == HIDDEN for k in SECRET_QUERY_KEYS)
+
+
+def quiet_optuna() -> None:
+    """Optuna's INFO lines and experimental-feature warnings off (segsweep says what happens)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 
 def locate_storage(target: str) -> tuple[str, str | None]:
@@ -182,67 +193,3 @@ def open_storage(location: str, spec: OptunaSpec) -> BaseStorage:
                              "database server is running and reachable") from None
         # What Optuna itself wraps every RDB study in; one object for the study and our claims.
         return _CachedStorage(rdb)
-
-
-# --------------------------------------------------------------------------- trials in a storage
-
-
-def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
-    """The storage's id of a trial (what every storage call takes; `number` is per study)."""
-    return trial._trial_id
-
-
-def is_retry(trial: FrozenTrial) -> bool:
-    """Whether Optuna's retry callback created `trial` to re-run a stale one."""
-    return "failed_trial" in trial.system_attrs
-
-
-def claim_waiting(study: optuna.Study, storage: BaseStorage, study_id: int) -> optuna.Trial | None:
-    """Take one WAITING trial: the storage's WAITING -> RUNNING update succeeds for one caller only.
-
-    RDBStorage does it under SELECT ... FOR UPDATE and returns False when the row is no longer
-    WAITING; JournalStorage appends the update to the log and replays it in log order, so only
-    the first RUNNING record of a WAITING trial takes effect. This is what `Study.ask` does,
-    without its fallback of creating a fresh trial when the queue is empty.
-    """
-    for frozen in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)):
-        try:
-            if storage.set_trial_state_values(trial_id(frozen), state=TrialState.RUNNING):
-                return optuna.Trial(study, trial_id(frozen))
-        except UpdateFinishedTrialError:
-            continue
-    return None
-
-
-def heartbeat_interval(storage: BaseStorage) -> int | None:
-    """Seconds between heartbeats, or None for a storage without them."""
-    return storage.get_heartbeat_interval() if isinstance(storage, BaseHeartbeat) else None
-
-
-class Heartbeat:
-    """Stamp a running trial's heartbeat now and every `interval` seconds, until exit."""
-
-    def __init__(self, storage: BaseStorage, trial_id: int) -> None:
-        self.storage, self.trial_id = storage, trial_id
-        self.interval = heartbeat_interval(storage)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> "Heartbeat":
-        if self.interval:
-            self.storage.record_heartbeat(self.trial_id)  # type: ignore[attr-defined]
-            self._thread = threading.Thread(target=self._beat, name="segsweep-heartbeat", daemon=True)
-            self._thread.start()
-        return self
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.storage.record_heartbeat(self.trial_id)  # type: ignore[attr-defined]
-            except Exception as exc:  # a storage hiccup: the next beat may succeed; grace covers a few misses
-                log.warning(f"warning: heartbeat of trial {self.trial_id} failed: {exc}")
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()

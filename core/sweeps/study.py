@@ -12,10 +12,9 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import SweepError
-from ..analysis.design import PlannedRun
-from .cells import Sweep, cell_config_hash
-from .launch_resume import resumes
-from .storage import is_retry
+from .cells import PlannedTrial, Sweep
+from .resume import resumes
+from .running import is_retry
 
 OCCUPYING = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
 SETTLED_FAILURES = ("diverged",)  # a FAIL with this status is the cell's outcome: never re-run
@@ -102,9 +101,9 @@ def holds(trial: FrozenTrial) -> bool:
     return trial.state == TrialState.FAIL and trial.user_attrs.get("status") in SETTLED_FAILURES
 
 
-def enqueue_grid(study: optuna.Study, sweep: Sweep, runs: Sequence[PlannedRun] | None = None) -> int:
-    """Queue every cell x seed whose config hash no trial holds yet (idempotent across reruns):
-    the given runs of a design (with their round), else every seed x cell.
+def enqueue_grid(study: optuna.Study, sweep: Sweep, planned: Sequence[PlannedTrial] | None = None) -> int:
+    """Queue every planned trial whose config hash no trial holds yet (idempotent across reruns):
+    the given ones (rounds of a design), else every cell x seed (`Sweep.planned()`).
 
     Seed-major order: all cells of the first seed finish first, so a partial sweep still compares
     every arm. The seed is a user attribute (and part of the config hash), never a parameter: it
@@ -114,19 +113,14 @@ def enqueue_grid(study: optuna.Study, sweep: Sweep, runs: Sequence[PlannedRun] |
     lower-numbered copy run.
     """
     held = {t.user_attrs.get("config_hash") for t in study.get_trials(deepcopy=False) if holds(t)}
-    cells = {c.label: c for c in sweep.cells}
-    if runs is None:
-        pairs = [(cell, seed, None) for seed in sweep.seeds for cell in sweep.cells]
-    else:
-        pairs = [(cells[run.cell], run.seed, run.round) for run in runs]
     queued = 0
-    for cell, seed, round_ in pairs:
-        chash, ahash = cell_config_hash(sweep, cell, seed)
-        if chash in held:
+    for trial in sweep.planned() if planned is None else planned:
+        if trial.config_hash in held:
             continue
-        attrs = {"config_hash": chash, "arm_hash": ahash, "seed": seed, "cell": cell.label, "overrides": cell.overrides}
-        study.enqueue_trial(dict(cell.params), user_attrs={**attrs, **({"round": round_} if round_ else {})})
-        held.add(chash)
+        attrs = {"config_hash": trial.config_hash, "arm_hash": trial.arm_hash, "seed": trial.seed,
+                 "cell": trial.cell.label, "overrides": trial.cell.overrides}
+        study.enqueue_trial(dict(trial.cell.params), user_attrs={**attrs, **({"round": trial.round} if trial.round else {})})
+        held.add(trial.config_hash)
         queued += 1
     return queued
 
@@ -169,21 +163,19 @@ def planned_cells(sweep: Sweep, queued: set[str | None]) -> dict[str, list[tuple
     """Per grid cell label, its (seed, config hash) to run in seed order: every seed of `seeds:`;
     for a sweep in rounds, the runs of the initial rounds and of each later round that was queued
     (some of its config hashes are in `queued`, the config hashes of the study's trials), never
-    the rounds up to the maximum that nobody asked for (they are generated one at a time)."""
+    the rounds up to the maximum that nobody asked for (they are resolved one at a time)."""
     out: dict[str, list[tuple[int, str]]] = {cell.label: [] for cell in sweep.cells}
-    cells = {c.label: c for c in sweep.cells}
     if not sweep.rounds:
-        for seed in sweep.seeds:
-            for cell in sweep.cells:
-                out[cell.label].append((seed, cell_config_hash(sweep, cell, seed)[0]))
+        for trial in sweep.planned():
+            out[trial.cell.label].append((trial.seed, trial.config_hash))
         return out
     design = sweep.design
     for round_ in range(1, design.rounds_max + 1):
-        runs = [(run, cell_config_hash(sweep, cells[run.cell], run.seed)[0]) for run in design.runs(round_)]
-        if round_ > design.schedule.initial and not any(chash in queued for _, chash in runs):
+        trials = sweep.planned(round_)
+        if round_ > design.schedule.initial and not any(t.config_hash in queued for t in trials):
             break
-        for run, chash in runs:
-            out[run.cell].append((run.seed, chash))
+        for trial in trials:
+            out[trial.cell.label].append((trial.seed, trial.config_hash))
     for runs in out.values():
         runs.sort()
     return out

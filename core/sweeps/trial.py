@@ -8,7 +8,6 @@ import os
 import socket
 import threading
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,28 +20,13 @@ from ..errors import SegsweepError
 from ..record import new_run_dir
 from ..spec import arm_hash, config_hash
 from .cells import Sweep, arm_choices
-from .engines import FitFn, trial_tracker
-from .launch_resume import queue_resume, reported_before, resume_dir, worker_attrs
+from .contract import FitFn, WorkerPlan, trial_tracker  # noqa: F401  (WorkerPlan: re-exported)
+from .resume import queue_resume, reported_before, resume_dir, worker_attrs
 from .spec import cell_label
-from .storage import Heartbeat, trial_id
+from .running import Heartbeat, trial_id
 from .study import duplicate_of, make_sampler
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class WorkerPlan:
-    """Everything one worker process needs (picklable: workers are started with `spawn`)."""
-
-    sweep: Sweep
-    sweep_dir: Path
-    storage: str  # RDB URL or journal file path
-    fit_fn: FitFn | None = None  # None: segsweep.train.fit
-    threads: int | None = None  # torch intra-op threads for this worker; None: torch's default
-    worker: int = 0
-    show_logs: bool = False  # the driver shows segsweep's log lines (the command): a worker does too
-    progress_bars: bool = True  # False: one of several workers, drawing no bars (the driver draws the sweep's)
-    resume_interrupted: bool = False  # a signalled trial is queued to resume from its last.pt (SLURM workers)
 
 
 def _suggest(trial: optuna.Trial, sweep: Sweep) -> dict[str, Any]:

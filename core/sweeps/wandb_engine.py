@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import yaml
 
@@ -12,7 +12,7 @@ from ..errors import SpecError, SweepError
 from ..record import check_writable, new_run_dir
 from ..spec import override_spec
 from .cells import Sweep, base_values
-from .engines import Echo, FitFn, SweepOutcome, real_fit, trial_tracker
+from .contract import Echo, FitFn, SweepOutcome, real_fit, trial_tracker
 from .outputs import disk_usage, human_size
 from .spec import cell_label
 
@@ -99,8 +99,10 @@ def _agent_params() -> dict[str, Any]:
 
 
 def run_wandb_sweep(sweep: Sweep, *, workers: int, storage: str | None, results: Path, sweep_id: str | None,
-                    fit_fn: FitFn | None, echo: Echo) -> SweepOutcome:
-    """Create (or join with `sweep_id`) a W&B sweep and run its trials in this process.
+                    fit_fn: FitFn | None, echo: Echo, launcher: str = "local",
+                    pairs: Sequence[str] = ()) -> SweepOutcome:
+    """Create (or join with `sweep_id`) a W&B sweep and run its trials in this process (W&B's
+    agent: the local launcher only; `run_sweep` refuses another).
 
     `workers` and `storage` are the Optuna engine's: W&B's server holds the sweep."""
     check_wandb_available()

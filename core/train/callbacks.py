@@ -3,7 +3,8 @@
 `fit` calls the hooks of a `CallbackList` in order: time budget (LR plan), checkpoints and
 top-k, the local record (metrics.csv, plots, summary.json), trackers, the sweep hook, early
 stopping, then any callbacks the caller passes (e.g. the benchmark's timer). A callback with
-state returns it from `state_dict`; it is saved in every checkpoint and given back on resume.
+state returns it from `state_dict`; it is saved in every checkpoint under the callback's
+`state_key` (its class name unless it says otherwise) and given back to it alone on resume.
 """
 from __future__ import annotations
 
@@ -58,6 +59,11 @@ class Callback:
     def on_test_end(self, state: TrainState, result: EvalResult) -> None: ...
     def on_fit_end(self, state: TrainState, summary: dict[str, Any], quick: bool) -> None: ...
 
+    @property
+    def state_key(self) -> str:
+        """Where this callback's `state_dict` is kept in a checkpoint (`state["callbacks"][key]`)."""
+        return type(self).__name__
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 
@@ -69,6 +75,11 @@ class CallbackList(Callback):
 
     def __init__(self, callbacks: Sequence[Callback]):
         self.callbacks = list(callbacks)
+        keys = [c.state_key for c in self.callbacks if type(c).state_dict is not Callback.state_dict]  # those with state
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        if twice:
+            raise SegsweepError(f"callbacks: two callbacks keep their state as {twice[0]!r}; give one of them "
+                                "its own `state_key`")
 
     def _call(self, hook: str, *args: Any) -> None:
         for callback in self.callbacks:
@@ -111,11 +122,24 @@ class CallbackList(Callback):
         self._call("on_fit_end", state, summary, quick)
 
     def state_dict(self) -> dict[str, Any]:
-        return {k: v for callback in self.callbacks for k, v in callback.state_dict().items()}
+        """Each member's state under its `state_key` (members without state are left out)."""
+        states: dict[str, Any] = {}
+        for callback in self.callbacks:
+            own = callback.state_dict()
+            if own:
+                states[callback.state_key] = own
+        return states
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Give each member its own state back: `state` is a checkpoint's `state` section, with
+        `callbacks` (per `state_key`) or, from a checkpoint written before, one flat dict that
+        every member read its keys from."""
+        keyed = state.get("callbacks")
         for callback in self.callbacks:
-            callback.load_state_dict(state)
+            if keyed is None:
+                callback.load_state_dict(state)
+            elif callback.state_key in keyed:
+                callback.load_state_dict(keyed[callback.state_key])
 
 
 class TimeBudget(Callback):
@@ -149,13 +173,13 @@ class Checkpoints(Callback):
     epoch behind metrics.csv.
     """
 
-    def __init__(self, state: TrainState, stop: StopController):
+    def __init__(self, state: TrainState):
         self.directory = state.run_dir / "checkpoints"
         self.last = self.directory / "last.pt"
         self.topk = TopK(self.directory, state.spec.checkpoint.keep_best)
         self.save_last = state.spec.checkpoint.save_last
-        self.stop = stop
         self.payload: dict[str, Any] | None = None
+        self.staged_topk: list[tuple[float, int]] = []  # the top k with the staged epoch offered
         self.saver = BackgroundSaver()
 
     def state_dict(self) -> dict[str, Any]:
@@ -174,8 +198,7 @@ class Checkpoints(Callback):
         if state.is_main:  # the epoch's state, before anything reports on it
             self.payload = state.checkpoint()
             score = state.score(row)
-            entries = self.topk.after_offer(score, row["epoch"]) if state.keeps(score) else self.topk.entries
-            self.payload["state"]["topk"] = [list(e) for e in entries]
+            self.staged_topk = self.topk.after_offer(score, row["epoch"]) if state.keeps(score) else self.topk.entries
 
     def on_epoch_decided(self, state: TrainState, row: dict[str, float]) -> None:
         if not state.is_main or self.payload is None:
@@ -183,13 +206,15 @@ class Checkpoints(Callback):
         payload, self.payload = self.payload, None
         score, epoch = state.score(row), row["epoch"]
         kept = state.keeps(score)  # below checkpoint.floor: never a best file
+        # Every callback's state as decided for this epoch (a final stop is part of it: resuming a
+        # finished run only re-tests it), and this one's top k with the epoch offered.
+        payload["state"]["callbacks"] = {**state.callbacks.state_dict(),
+                                         self.state_key: {"topk": [list(e) for e in self.staged_topk]}}
+        payload["state"]["elapsed_s"] = state.elapsed()
         if not self.save_last:
             if kept:
                 self.topk.offer(score, epoch, payload)
             return
-        # A final stop is part of the state: resuming a finished run only re-tests it.
-        payload["state"]["stop"] = self.stop.state_dict()["stop"]
-        payload["state"]["elapsed_s"] = state.elapsed()
         rename = stage_checkpoint(payload, self.last)  # serialised here: the next steps may change the tensors
 
         def finish() -> None:

@@ -33,6 +33,7 @@ from .callbacks import (
 from .device import autocast, resolve_device, resolve_precision, unwrap
 from .results import Diverged, EvalResult, RunResult, StopTraining  # noqa: F401  (StopTraining: for hooks)
 from .seeding import derive_seed, seed_everything
+from .speed import SpeedChoice
 from .state import EpochProgress, TrainState
 from .stop import StopController
 
@@ -69,12 +70,12 @@ def fit(
     started = time.perf_counter()
     last_path = run_dir / "checkpoints" / "last.pt"
     payload = load_checkpoint(last_path) if resume else None
-    state = TrainState.build(spec, run_dir, started)
+    state = TrainState.build(spec, run_dir, started, resumed_speed(payload))
     budget = TimeBudget(spec.train.time_budget_s, state.elapsed)
     stop = StopController(state.world, budget)
     record = RunRecord()
     state.callbacks = parts = CallbackList([
-        budget, Checkpoints(state, stop), record, Trackers(tracker), SweepHook(on_epoch_end, stop),
+        budget, Checkpoints(state), record, Trackers(tracker), SweepHook(on_epoch_end, stop),
         EarlyStopping(spec.train.early_stopping_patience, stop), stop, *callbacks,
     ])
     if payload is not None:
@@ -141,7 +142,7 @@ def train_and_validate(state: TrainState, callbacks: Callback, stop: StopControl
     callbacks.on_train_epoch_start(state, epoch)
     train_loss, seen, state.step = train_one_epoch(
         state.train_model, loader, state.loss_fn, state.optimizer, state.schedule, state.scaler, epoch=epoch,
-        step=state.step, device=state.device, precision=state.precision, channels_last=spec.train.channels_last,
+        step=state.step, device=state.device, precision=state.precision, channels_last=state.channels_last,
         grad_clip=spec.train.grad_clip, should_stop=stop.should_stop, progress=progress,
         on_batch=lambda: callbacks.on_train_batch_start(state),
     )
@@ -354,14 +355,14 @@ def evaluate_checkpoint(
     the model section must stay as stored.
     """
     from ..errors import SpecError
-    from ..spec import override_spec, parse_override
+    from ..spec import override_spec, typed_overrides
 
     path = Path(checkpoint)
     if path.is_dir():
         path = path / "checkpoints" / "best.pt"
         if not path.exists():
             raise CheckpointError(f"{checkpoint}: no checkpoints/best.pt in this run folder")
-    typed = dict(overrides.items()) if isinstance(overrides, Mapping) else dict(map(parse_override, overrides))
+    typed = typed_overrides(overrides)
     fixed = [key for key in typed if key == "model" or key.startswith("model.")]
     if fixed:
         raise SpecError(f"override {fixed[0]}: the model is fixed by the checkpoint's weights ({path}); "
@@ -373,10 +374,22 @@ def evaluate_checkpoint(
     data = build_data(spec)
     model = build_model(spec.model).to(device)
     load_model_state(model, state["model"], path)
-    if spec.train.channels_last:
+    # The memory format the run trained in (recorded in the checkpoint), never a new probe.
+    setting = spec.train.channels_last
+    channels_last = resumed_speed(state).channels_last if setting == "auto" else setting
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     loader = {"train": data.train, "val": data.val, "test": data.test}[split]
     result = evaluate(model, loader, build_loss(spec.loss, spec.model.head), head=spec.model.head, device=device,
-                      precision=precision, channels_last=spec.train.channels_last,
+                      precision=precision, channels_last=channels_last,
                       ids=data.datasets[split].ids, desc=split, tta=spec.train.tta)
     return spec, result
+
+
+def resumed_speed(payload: Mapping[str, Any] | None) -> SpeedChoice | None:
+    """The memory format a checkpoint's run trained in (a resume keeps it: no new probe). A
+    checkpoint from before `auto` (no "speed" in its state) trained channels_last, then the default."""
+    if not payload:
+        return None
+    stored = SpeedChoice.from_dict((payload.get("state") or {}).get("speed", {"channels_last": True, "source": "-"}))
+    return None if stored is None else SpeedChoice(stored.channels_last, "checkpoint", stored.ratio, stored.key)

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..checkpoint import load_model_state
 from ..data import build_data
-from ..distributed import convert_sync_batchnorm
+from ..distributed import convert_sync_batchnorm, main_value
 from ..losses import build_loss, uses_double_sigmoid
 from ..models import build_model
 from ..optim import LrSchedule, build_optimizer
@@ -26,9 +26,12 @@ from ..spec import ExperimentSpec, arm_hash, config_hash, spec_to_dict
 from .device import dist_info, resolve_device, resolve_precision, unwrap
 from .memory import check_memory
 from .seeding import rng_state, seed_everything, set_rng_state
+from .speed import SpeedChoice, resolve_speed
 
-# The resume state inside a checkpoint (`payload["state"]`), in the order it has always been stored.
-STATE_KEYS = ("best_val", "best_epoch", "bad_epochs", "step", "topk", "history", "stop", "elapsed_s")
+# The resume state inside a checkpoint (`payload["state"]`): the run's own, then each callback's
+# under its `state_key`. Checkpoints written before held the callbacks' keys (topk, stop) flat
+# in it; they still load (`CallbackList.load_state_dict`).
+STATE_KEYS = ("best_val", "best_epoch", "bad_epochs", "step", "history", "elapsed_s", "speed", "callbacks")
 
 
 @dataclass
@@ -71,10 +74,17 @@ class TrainState:
     resumed: bool = False
     meta: dict[str, str] = field(default_factory=dict)  # git_sha, config_hash, arm_hash
     summary: dict[str, Any] = field(default_factory=dict)  # what summary.json will say, so far
+    speed: SpeedChoice = field(default_factory=lambda: SpeedChoice(False, "spec"))  # the memory format used
+
+    @property
+    def channels_last(self) -> bool:
+        return self.speed.channels_last
 
     @classmethod
-    def build(cls, spec: ExperimentSpec, run_dir: Path, started: float) -> "TrainState":
-        """Seed and build every part (before anything is written: bad input leaves no run folder)."""
+    def build(cls, spec: ExperimentSpec, run_dir: Path, started: float,
+              speed: SpeedChoice | None = None) -> "TrainState":
+        """Seed and build every part (before anything is written: bad input leaves no run folder).
+        `speed`: the memory format a resumed run was started with (else the spec's, the sweep's or a probe's)."""
         rank, world = dist_info()
         if spec.train.threads:
             torch.set_num_threads(spec.train.threads)
@@ -85,10 +95,13 @@ class TrainState:
             torch.backends.cudnn.benchmark = not spec.train.deterministic
         precision = resolve_precision(spec.train.precision, device)
         check_memory(spec, device)  # before the data are decoded: a run that cannot fit is refused here
+        # Before seeding (a probe draws random numbers); under DDP rank 0 decides for every rank.
+        chosen = main_value(resolve_speed(spec, device, precision, speed) if rank == 0 else None)
+        speed = chosen if chosen is not None else resolve_speed(spec, device, precision, speed)
         seed_everything(spec.seed)
         data = build_data(spec, rank=rank, world_size=world)
         model = build_model(spec.model).to(device)
-        if spec.train.channels_last:
+        if speed.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if spec.train.sync_batchnorm:  # several ranks on GPUs (refused on CPU); one process: unchanged
             model = convert_sync_batchnorm(model, device, world)
@@ -98,12 +111,14 @@ class TrainState:
         schedule = LrSchedule(spec, len(data.train))
         state = cls(spec, run_dir, rank, world, device, precision, data, model, optimizer, scaler, loss_fn,
                     schedule, started)
+        state.speed = speed
         state.meta = {"git_sha": git_sha(), "config_hash": config_hash(spec), "arm_hash": arm_hash(spec)}
         state.summary = {
             "name": spec.name, "seed": spec.seed, "run_dir": str(run_dir),
             "device": str(device), "precision": precision, "versions": library_versions(),
             "time_budget_s": spec.train.time_budget_s, "world_size": world, **state.meta,
             "double_sigmoid": uses_double_sigmoid(spec),  # the study's BCE on a sigmoid output, on purpose
+            **speed.summary(),  # channels_last or NCHW, and why (spec, probe, cache, sweep, checkpoint)
             **data.summary(),  # test/images, test/empty_masks: where per-image Dice's both-empty rule decides
         }
         return state
@@ -129,7 +144,7 @@ class TrainState:
 
     def eval_kwargs(self) -> dict[str, Any]:
         return dict(head=self.spec.model.head, device=self.device, precision=self.precision,
-                    channels_last=self.spec.train.channels_last, tta=self.spec.train.tta)
+                    channels_last=self.channels_last, tta=self.spec.train.tta)
 
     # ----------------------------------------------------------------------- epochs
 
@@ -177,9 +192,10 @@ class TrainState:
     def checkpoint(self, partial: dict[str, Any] | None = None) -> dict[str, Any]:
         """last.pt / best.pt contents after `epoch` epochs (+ `partial` progress into the next)."""
         own = {"best_val": self.best["score"], "best_epoch": self.best["epoch"], "bad_epochs": self.bad_epochs,
-               "step": self.step, "history": [dict(r) for r in self.history], "elapsed_s": self.elapsed()}
-        merged = {**own, **(self.callbacks.state_dict() if self.callbacks is not None else {})}
-        resume = {key: merged.pop(key) for key in STATE_KEYS if key in merged}
+               "step": self.step, "history": [dict(r) for r in self.history], "elapsed_s": self.elapsed(),
+               "speed": {"channels_last": self.speed.channels_last, "source": self.speed.source,
+                         "ratio": self.speed.ratio, "key": self.speed.key}}
+        own["callbacks"] = self.callbacks.state_dict() if self.callbacks is not None else {}
         train = self.data.datasets["train"]
         return {
             "model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -188,7 +204,7 @@ class TrainState:
             "metrics": dict(self.history[-1]) if self.history else {},
             "spec": spec_to_dict(self.spec), "rng_torch": torch.get_rng_state(),
             "normalization": {"mean": train.mean.tolist(), "std": train.std.tolist()},
-            "state": {**resume, **merged},
+            "state": {key: own[key] for key in STATE_KEYS},
             "partial": partial,
         }
 
