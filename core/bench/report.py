@@ -61,5 +61,25 @@ def _detail(name: str, f: dict[str, Any]) -> str:
         return f"{f['workers']} workers: peak RSS {f['value']} MB, PSS {f['workers_pss_mb']}, USS " \
                f"{f['workers_uss_mb']} MB; cache files {f['train_cache_files_mb']} MB, of which the " \
                f"workers hold {private} MB privately; with gc.freeze() USS {f['with_gc_freeze']['workers_uss_mb']} MB"
+    if name.startswith("study_"):
+        return _study_detail(name, f)
     return ""
+
+
+def _study_detail(name: str, f: dict[str, Any]) -> str:
+    """The study workload's figures, worker by worker."""
+    if name == "study_run_overhead":
+        return "; ".join(f"worker {r['worker']}: {r['overhead_s']} of {r['wall_s']} s (val "
+                         f"{r['breakdown_s']['validation']}, test {r['breakdown_s']['test']}, start-up/records "
+                         f"{r['breakdown_s']['startup_checkpoints_records']})" for r in f["runs"])
+    if name == "study_compile":
+        per = ", ".join(f"{w['ratio']:.3f}" for w in f["workers"])
+        return f"per worker {per}; compile {f['cold_compile_s']} s cold, {f['warm_compile_s']} s warm"
+    if name == "study_raw_step":
+        return "; ".join(f"worker {p['worker']}: raw {p['raw_img_s']}, trainer {p['trainer_img_s']}, naive "
+                         f"{p['naive_img_s']} img/s; trainer/raw {p['trainer_vs_raw']}, fast/naive "
+                         f"{p['fast_vs_naive']}, mfu {p['mfu']}; fast "
+                         f"{'channels_last' if p['fast']['channels_last'] else 'NCHW'}"
+                         for p in f["workers"])
+    return f.get("note", "")
 

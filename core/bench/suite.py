@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .contenders import PETS_MINI, REPO, Plan
-from . import FIGURES
+from . import FIGURES, STUDY_FIGURES
 from .figures import bench_fast_vs_naive, bench_loader, bench_memory, bench_training
 from .measure import isolated, load_average, machine_info
 from .peer import bench_peer
+from .study import bench_study
 from .trial import bench_trial
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,10 @@ def run_benchmark(plan: Plan, cache_dir: Path, *, quick: bool, stamp: str, comma
         results.update(measure(bench_peer, plan, cache_dir))
     if wanted & {"trial_overhead", "study_trial_overhead"}:
         results.update(measure(bench_trial, plan, cache_dir))
+    if wanted & set(STUDY_FIGURES):  # its own worker processes, two at a time
+        started_study = time.perf_counter()
+        results.update(bench_study(plan, cache_dir, initializer))
+        log.warning(f"  bench_study: {time.perf_counter() - started_study:.0f}s")
     report.update(
         load_average_after=load_average(), total_s=round(time.perf_counter() - started, 1),
         figures={name: results.get(name, {"value": None, "skipped": True, "note": "not measured (--only)"})

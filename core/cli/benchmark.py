@@ -42,7 +42,7 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from ..bench.report import table
     from ..bench.suite import default_out, run_benchmark
     from ..record import atomic_write_text
-    from . import install_log_handler
+    from ..logs import install_log_handler
 
     os.environ.setdefault("WANDB_MODE", "disabled")
     if args.threads:
