@@ -121,8 +121,9 @@ def validation_problem(error: Mapping[str, Any], *, where: str = "",
         if not valid:
             return key, "unknown key"
         return key, unknown_key(loc[-1], valid)
-    if isinstance(value, float) and not math.isfinite(value):
-        return key, f"expected a finite number, got {value!r}"
+    if isinstance(value, float) and not math.isfinite(value):  # nan fails a range check too: say which
+        bound = f" {error['msg'].removeprefix('Input should be ')}" if error["type"] in RANGE_ERRORS else ""
+        return key, f"expected a finite number{bound}, got {value!r}"
     meaning = (meanings or {}).get(loc[-1]) if loc else None
     if meaning and error["type"] in RANGE_ERRORS:
         return key, f"expected {meaning}, got {value!r}"

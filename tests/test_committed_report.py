@@ -38,7 +38,7 @@ def test_committed_recipe_report_reproduces_and_matches_the_recipe_files(tmp_pat
     every final run trained exactly the committed recipe (pets_mini_best*.yaml with its seed)."""
     import yaml
 
-    from segsweep.spec import load_spec, override_spec, spec_to_dict
+    from segsweep.spec import SPEED_ONLY, identity_tree, load_spec, override_spec
 
     if not (RECIPE / "records").is_dir():
         pytest.fail(f"{RECIPE / 'records'} is missing: the committed report must keep its records")
@@ -58,4 +58,6 @@ def test_committed_recipe_report_reproduces_and_matches_the_recipe_files(tmp_pat
     for config in configs:
         recorded = yaml.safe_load(config.read_text())
         committed = override_spec(load_spec(REPO / "experiments" / specs[recorded["name"]]), {"seed": recorded["seed"]})
-        assert spec_to_dict(committed) == recorded, config
+        speed_only = {key.split(".")[1]: value for key, value in SPEED_ONLY.items()}  # how fast, not what is trained
+        assert identity_tree(committed) == {**recorded, "train": {**recorded["train"], **speed_only}}, config
+

@@ -250,12 +250,13 @@ def probe_ratio(spec: ExperimentSpec, device: torch.device, precision: str) -> f
     from ..models import build_model
     from ..optim import build_optimizer
     from .device import autocast
+    from .memory import images_per_step
 
     probes_run += 1
     state = torch.get_rng_state()
     try:
         generator = torch.Generator().manual_seed(0)
-        n, size = spec.train.batch_size, spec.data.image_size
+        n, size = images_per_step(spec), spec.data.image_size  # a batch beyond the training split is the split
         images = torch.randn(n, 3, size, size, generator=generator).to(device)
         masks = (torch.rand(n, size, size, generator=generator) > 0.5).to(torch.uint8).to(device)
         loss_fn = build_loss(spec.loss, spec.model.head)
