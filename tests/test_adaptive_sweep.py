@@ -445,3 +445,36 @@ def test_code_state_changes_with_every_edit_of_a_tracked_file(tmp_path: Path, mo
     assert first.startswith(f"{clean}+dirty (changes ") and first != clean
     (tmp_path / "train.py").write_text("lr = 3e-4\n")
     assert code_state() not in (clean, first)
+
+
+def test_a_fraction_report_draws_validation_curves_by_level(tmp_path: Path, clean_env: None) -> None:
+    """A fraction's runs pair with nothing one factor apart, so its curves are by level of each
+    factor (and side arms against their recipe runs), in one figure linked from its section."""
+    import cv2
+
+    from segsweep.reports.ablation import write_report
+    from segsweep.sweeps import run_sweep
+
+    path = write_fraction(tmp_path / "curves.yaml", rounds={"initial": 2, "max": 2, "margin": 0.01})
+    outcome = run_sweep(path, results=tmp_path / "r", fit_fn=planted_fit, echo=lambda s: None)
+    for summary in outcome.sweep_dir.rglob("summary.json"):  # planted_fit writes no curve: give each run one
+        dice = json.loads(summary.read_text())["test/dice"]
+        rows = "".join(f"{e},{dice * e / 3:.4f}\n" for e in (1, 2, 3))
+        (summary.parent / "metrics.csv").write_text("epoch,val/dice\n" + rows)
+    text = write_report([outcome.sweep_dir], tmp_path / "out").read_text()
+    assert "![curves by level](curves_by_level.png)" in text
+    image = cv2.imread(str(tmp_path / "out" / "curves_by_level.png"))
+    assert image is not None and image.shape[0] > 300 and image.shape[1] > 600
+    assert "no curves" not in text and "## Validation curves" not in text
+
+
+def test_a_saturated_single_round_fraction_still_reports(tmp_path: Path, clean_env: None) -> None:
+    """One round of a 2^(4-1) fraction leaves no degrees of freedom for the error: the report says
+    so instead of failing (the look's simulation once broke on the claims it could not test)."""
+    from segsweep.reports.ablation import write_report
+    from segsweep.sweeps import run_sweep
+
+    path = write_fraction(tmp_path / "one.yaml", rounds={"initial": 1, "max": 1, "margin": 0.01})
+    outcome = run_sweep(path, results=tmp_path / "r", fit_fn=planted_fit, echo=lambda s: None)
+    text = write_report([outcome.sweep_dir], tmp_path / "out").read_text()
+    assert "## The fraction" in text and "0 of 3 trained claims conclusive" in text

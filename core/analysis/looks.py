@@ -154,7 +154,7 @@ def decide_many(est: np.ndarray, se: np.ndarray, bounds: Boundaries, primaries: 
         lower = (est + margin) / se
         upper = (est - margin) / se
     usable = np.isfinite(se) & (se >= 0) & ~np.isnan(t)
-    diff_kind = np.array([p == "difference" for p in primaries])
+    diff_kind = np.array([p == "difference" for p in primaries], dtype=bool)
     prim_at = np.zeros((studies, m), dtype=int)
     sec_at = np.zeros((studies, m), dtype=int)
     tested_open = np.full((studies, m), m, dtype=int)

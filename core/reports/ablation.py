@@ -73,7 +73,8 @@ def render_report(
     lines += sequential_lines(view)
     if not fraction:
         lines += _interactions_lines(tables)
-    lines += _curves_lines(study, figures)
+    if not fraction:  # a fraction's curves are by level, in its own section
+        lines += _curves_lines(study, figures)
     lines += _optuna_lines(sweep, figures)
     lines += honesty_lines(study, summaries, sweep)
     lines += _runs_lines(study)
@@ -98,7 +99,10 @@ def _header_lines(study: Study, sweep: Mapping[str, Any], sources: Sequence[str]
         + (f"; sweep method `{sweep['method']}`" if sweep.get("method") else "")
         + (f", sweep metric `{metric.get('name')}` ({metric.get('goal', 'maximize')})" if metric.get("name") else ""),
         f"- Outcome: test Dice (mean per-image Dice at 0.5) of each run's best-on-validation checkpoint. "
-        f"Equivalence margin ±{options.margin:g} Dice, α = {options.alpha:g}, "
+        + (f"Claims: the sweep file's margin ±{view.analysis.settings.margin:g} Dice and α = "
+           f"{view.analysis.settings.alpha:g} (see *Claims*); the other comparisons: equivalence "
+           if view is not None and not view.derived else "Equivalence ")
+        + f"margin ±{options.margin:g} Dice, α = {options.alpha:g}, "
         f"bootstrap {options.resamples} resamples (seed {options.seed}).",
         "",
     ]
@@ -350,7 +354,7 @@ def _draw_figures(study: Study, summaries: Sequence[ArmSummary], out_dir: Path,
         plot_test_dice(summaries, out_dir / "test_dice_by_arm.png", study.baseline_arm)
         figures["test_dice"] = "test_dice_by_arm.png"
         if view is not None and view.analysis.design.kind == "fraction":
-            figures.update(draw_fraction_figures(view, out_dir))
+            figures.update(draw_fraction_figures(view, out_dir, study.runs))
             return figures
         for f in study.factors:
             if len(f.levels) > MAX_CURVE_LEVELS:

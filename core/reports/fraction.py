@@ -11,6 +11,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..analysis.fraction import effect_name, format_chain
+from ..analysis.records import RunRecord, run_arm_hash
 from ..analysis.verdicts import Effect, fraction_effects
 from ..format import fmt_ci, fmt_delta
 from .claims import ClaimsView
@@ -40,20 +41,25 @@ def fraction_lines(view: ClaimsView | None, figures: Mapping[str, Any]) -> list[
     lines += ["A main effect is the change from the factor's second level to its first (the recipe's), averaged over "
               "every other factor at both levels; a chain's estimate is how much the effect of either of its "
               "factors moves when the other is at its recipe level. Side-arm runs are left out of this table.", ""]
-    for key in ("main_effects", "half_normal", *sorted(k for k in figures if k.startswith("interaction_"))):
+    for key in ("main_effects", "half_normal", *sorted(k for k in figures if k.startswith("interaction_")),
+                "curves_by_level"):
         if key in figures:
             lines += [f"![{key.replace('_', ' ')}]({figures[key]})", ""]
     return lines
 
 
-def draw_fraction_figures(view: ClaimsView | None, out_dir: Path) -> dict[str, str]:
-    """The fraction's figures (main effects, half-normal plot, interaction plots of flagged chains)."""
+def draw_fraction_figures(view: ClaimsView | None, out_dir: Path,
+                          runs: Sequence[RunRecord] = ()) -> dict[str, str]:
+    """The fraction's figures (main effects, half-normal plot, interaction plots of flagged chains,
+    validation curves by level of each factor and of each side arm against its recipe runs)."""
     if view is None or view.analysis.design.kind != "fraction" or view.analysis.rounds_done == 0:
         return {}
     effects = fraction_effects(view.analysis.design, view.values, view.analysis.rounds_done)
     if not effects:
         return {}
     out = {"main_effects": "main_effects.png", "half_normal": "half_normal.png"}
+    if _level_curves(view, runs, out_dir / "curves_by_level.png"):
+        out["curves_by_level"] = "curves_by_level.png"
     _main_effects(effects, view.analysis.settings.margin, out_dir / out["main_effects"])
     _half_normal(effects, out_dir / out["half_normal"])
     flagged = {ch.members for r in view.analysis.claims for ch in r.chains if ch.flagged}
@@ -134,3 +140,57 @@ def _interaction(view: ClaimsView, member: str, path: Path) -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def _level_curves(view: ClaimsView, runs: Sequence[RunRecord], path: Path) -> bool:
+    """val/dice per epoch: one panel per factor (the fraction's runs at each level: mean, band
+    ±1 sd across runs) and one for the side arms (each against the recipe runs it is paired with)."""
+    design = view.analysis.design
+    by_hash = {c.arm_hash: c for c in design.cells}
+    curves: dict[str, list[tuple[Any, np.ndarray, np.ndarray]]] = {}  # cell label -> (seed, epochs, val/dice)
+    for run in runs:
+        cell = by_hash.get(run_arm_hash(run)) if run.counted else None
+        if cell is not None and run.curve.get("epoch") and run.curve.get("val/dice"):
+            curves.setdefault(cell.label, []).append(
+                (run.seed, np.asarray(run.curve["epoch"], float), np.asarray(run.curve["val/dice"], float)))
+    if not curves:
+        return False
+    fraction = [c for c in design.cells if c.side is None and c.codes is not None]
+    sides = [c for c in design.cells if c.side is not None]
+    panels = [(f"{x.letter} = {x.key}", [(f"{x.levels[j]}" + (" (recipe)" if j == 0 else ""),
+                                         [r for c in fraction if c.codes[i] == (1 if j == 0 else -1)
+                                          for r in curves.get(c.label, ())]) for j in (0, 1)])
+              for i, x in enumerate(design.factors)]
+    if sides:
+        side_seeds = {seed for c in sides for seed, _, _ in curves.get(c.label, ())}
+        recipe = [r for c in fraction if all(v == 1 for v in c.codes) for r in curves.get(c.label, ())
+                  if r[0] in side_seeds]
+        panels.append(("side arms (paired recipe runs)", [("recipe", recipe)] +
+                       [(c.side, list(curves.get(c.label, ()))) for c in sides]))
+    cols = 3
+    rows = -(-len(panels) // cols)
+    fig = new_figure(4.2 * cols, 3.0 * rows)
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax, (title, groups) in zip(axes, panels):
+        for k, (label, members) in enumerate(groups):
+            if not members:
+                continue
+            epochs = np.array(sorted({float(e) for _, es, _ in members for e in es}))
+            grid = np.array([[dict(zip(es, vs)).get(e, math.nan) for e in epochs] for _, es, vs in members])
+            with np.errstate(all="ignore"):
+                mean = np.nanmean(grid, axis=0)
+                sd = np.nanstd(grid, axis=0, ddof=1) if len(members) > 1 else np.zeros_like(mean)
+            ax.plot(epochs, mean, color=f"C{k}", label=f"{label[:40]}, {len(members)} runs")
+            ax.fill_between(epochs, mean - sd, mean + sd, color=f"C{k}", alpha=0.18, linewidth=0)
+        ax.set_title(title, fontsize=8)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.set_ylabel("val/dice", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle("Validation Dice per epoch by level (band: ±1 sd across runs)", fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path)
+    return True

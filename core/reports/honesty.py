@@ -34,26 +34,39 @@ def honesty_lines(study: Study, summaries: Sequence[ArmSummary], sweep: Mapping[
 
 
 def _selection_lines(counted: Sequence[RunRecord]) -> list[str]:
-    """Checkpoint selection on validation; test evaluated once, on that checkpoint."""
-    mismatched, peeked, no_curve = [], [], 0
+    """Checkpoint selection on validation (each run's own `checkpoint.monitor` and floor); test
+    evaluated once, on that checkpoint."""
+    mismatched, peeked, no_curve, below_floor = [], [], 0, 0
+    monitors = set()
     for run in counted:
-        epochs, val = run.curve.get("epoch", ()), np.array(run.curve.get("val/dice", ()), dtype=float)
+        monitor = str(run.summary.get("checkpoint_monitor") or "val/dice")
+        monitors.add(monitor)
+        epochs, val = run.curve.get("epoch", ()), np.array(run.curve.get(monitor, ()), dtype=float)
         if any(col.startswith("test/") for col in run.curve):
             peeked.append(run)
         if not len(val) or not np.isfinite(val).any():
             no_curve += 1
             continue
+        floor = run.summary.get("checkpoint_floor")
+        if run.summary.get("floor_passed") is False and isinstance(floor, (int, float)) and not (val > floor).any():
+            below_floor += 1  # no epoch passed the floor: the last epoch's weights were tested, as the rule says
+            continue
         best = int(epochs[int(np.nanargmax(val))])
         if run.number("best_epoch") != best:
             recorded = format_level(run.summary.get("best_epoch"))
-            mismatched.append(f"{run.run_dir.name} (best_epoch {recorded}, val/dice peaks at {best})")
+            mismatched.append(f"{run.run_dir.name} (best_epoch {recorded}, {monitor} peaks at {best})")
+    by = " or ".join(sorted(monitors)) or "val/dice"
     if mismatched:
-        check = f"**{len(mismatched)} run(s) whose `best_epoch` is not the val/dice peak**: {', '.join(mismatched)}"
+        check = f"**{len(mismatched)} run(s) whose `best_epoch` is not the {by} peak**: {', '.join(mismatched)}"
     else:
-        check = (f"in all {len(counted) - no_curve} runs with a val curve, `best_epoch` is the epoch of the "
-                 "highest val/dice")
+        kept = " and an epoch kept" if below_floor else ""
+        check = (f"in all {len(counted) - no_curve - below_floor} runs with a val curve{kept}, `best_epoch` is the "
+                 f"epoch of the highest {by}")
+    if below_floor:
+        check += (f"; in {below_floor} run(s) no epoch passed `checkpoint.floor`, so (as that rule says) the last "
+                  "epoch's weights were tested")
     return [
-        "- **Model selection on validation only.** Each run's checkpoint was chosen by val/dice and the test "
+        f"- **Model selection on validation only.** Each run's checkpoint was chosen by {by} and the test "
         f"split was evaluated once, on that checkpoint (trainer contract); check: {check}.",
         "- **Test split not used per epoch:** " + (
             "no `metrics.csv` has a `test/*` column." if not peeked
