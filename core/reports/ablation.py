@@ -98,7 +98,7 @@ def _header_lines(study: Study, sweep: Mapping[str, Any], sources: Sequence[str]
         f"{len(study.arms)} arm(s); design: **{design_name(study, sweep, view)}**"
         + (f"; sweep method `{sweep['method']}`" if sweep.get("method") else "")
         + (f", sweep metric `{metric.get('name')}` ({metric.get('goal', 'maximize')})" if metric.get("name") else ""),
-        f"- Outcome: test Dice (mean per-image Dice at 0.5) of each run's best-on-validation checkpoint. "
+        "- Outcome: test Dice (mean per-image Dice at 0.5) of each run's best-on-validation checkpoint. "
         + (f"Claims: the sweep file's margin ±{view.analysis.settings.margin:g} Dice and α = "
            f"{view.analysis.settings.alpha:g} (see *Claims*); the other comparisons: equivalence "
            if view is not None and not view.derived else "Equivalence ")
