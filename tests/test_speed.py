@@ -214,3 +214,18 @@ def test_cache_list_and_clear_show_and_remove_the_probes(tiny_spec, own_cache: P
     cleared = cli("cache", "clear", "--all")
     assert cleared.code == 0 and "removed 2 speed probe(s)" in cleared.out and not own_cache.exists()
     assert probes(lambda: resolve_speed(tiny_spec(), CPU, "fp32")) == 1
+
+
+def test_a_probe_that_cannot_train_falls_back_to_nchw_with_one_warning(tiny_spec, caplog, monkeypatch) -> None:
+    """A probe that fails (out of memory, a shape the model refuses) never ends the run: NCHW, a
+    one-line warning, nothing cached; the run then says what is wrong itself."""
+    def fails(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory\nmore detail")
+
+    monkeypatch.setattr(speed, "probe_ratio", fails)
+    with caplog.at_level(logging.WARNING):
+        choice = resolve_speed(tiny_spec(), CPU, "fp32")
+    assert choice == SpeedChoice(False, "probe-failed")
+    lines = [r.getMessage() for r in caplog.records if "speed probe failed" in r.getMessage()]
+    assert len(lines) == 1 and "\n" not in lines[0] and "can't allocate memory" in lines[0]
+    assert not speed.cache_path().exists()

@@ -39,7 +39,7 @@ class SpeedChoice:
     """How a run lays out its tensors, and why."""
 
     channels_last: bool
-    source: str  # "spec" (set explicitly), "probe", "cache", "sweep", "checkpoint"
+    source: str  # "spec" (set explicitly), "probe", "probe-failed" (NCHW), "cache", "sweep", "checkpoint"
     ratio: float | None = None  # NCHW step time / channels_last step time: above 1, channels_last is faster
     key: str = ""  # the probe cache key ('' when set explicitly)
 
@@ -129,7 +129,12 @@ def resolve_speed(spec: ExperimentSpec, device: torch.device, precision: str,
         found = SpeedChoice.from_dict(cached[key])
         if found is not None:
             return SpeedChoice(found.channels_last, "cache", found.ratio, key)
-    ratio = probe_ratio(spec, device, precision)
+    try:
+        ratio = probe_ratio(spec, device, precision)
+    except (RuntimeError, ValueError) as exc:  # out of memory, a shape the model refuses: the run says so itself
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        log.warning(f"warning: train.channels_last: auto: the speed probe failed ({reason}); using NCHW")
+        return SpeedChoice(False, "probe-failed")
     choice = SpeedChoice(ratio > 1.0, "probe", ratio, key)
     entry = {**asdict(choice), "source": "probe", "measured": time.time()}
     _write_cache(path, {**_read_cache(path, quiet=True), key: entry})  # re-read: keep what others wrote meanwhile
@@ -256,7 +261,8 @@ def probe_ratio(spec: ExperimentSpec, device: torch.device, precision: str) -> f
     state = torch.get_rng_state()
     try:
         generator = torch.Generator().manual_seed(0)
-        n, size = images_per_step(spec), spec.data.image_size  # a batch beyond the training split is the split
+        # a batch beyond the training split is the split; at least 2 (BatchNorm trains on no fewer)
+        n, size = min(spec.train.batch_size, max(2, images_per_step(spec))), spec.data.image_size
         images = torch.randn(n, 3, size, size, generator=generator).to(device)
         masks = (torch.rand(n, size, size, generator=generator) > 0.5).to(torch.uint8).to(device)
         loss_fn = build_loss(spec.loss, spec.model.head)
