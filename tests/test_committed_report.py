@@ -61,3 +61,41 @@ def test_committed_recipe_report_reproduces_and_matches_the_recipe_files(tmp_pat
         speed_only = {key.split(".")[1]: value for key, value in SPEED_ONLY.items()}  # how fast, not what is trained
         assert identity_tree(committed) == {**recorded, "train": {**recorded["train"], **speed_only}}, config
 
+
+CLAIMS = REPO / "results" / "reports" / "pets_mini_claims"
+
+
+def test_committed_claims_report_reproduces_from_one_clean_commit(tmp_path: Path) -> None:
+    """The claims study's report re-renders byte for byte from its committed records, every run
+    it counts ran from one clean commit, and every claim it leaves open says what would settle it."""
+    import json
+    import re
+
+    records = CLAIMS / "records"
+    if not records.is_dir():
+        pytest.fail(f"{records} is missing: the committed report must keep its records")
+    copy = tmp_path / "pets_mini_claims"
+    shutil.copytree(records, copy / "records")
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "report.py"), str(copy / "records"), "--out", str(copy)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    text = (CLAIMS / "report.md").read_text()
+    assert (copy / "report.md").read_text() == text
+    figures = sorted(p.name for p in CLAIMS.glob("*.png"))
+    assert figures and figures == sorted(p.name for p in copy.glob("*.png"))
+    for name in figures:
+        assert cv2.imread(str(CLAIMS / name)) is not None and f"]({name})" in text, name
+
+    provenance = re.search(r"\*\*Provenance:\*\* git ([^;]+);", text)
+    assert provenance and re.fullmatch(r"[0-9a-f]{40}", provenance.group(1)), "expected one clean sha"
+    shas = {json.loads(p.read_text())["git_sha"] for p in records.rglob("summary.json")}
+    assert shas == {provenance.group(1)}
+
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| ") and "**" in line]
+    verdicts = [(row[0].strip("| "), row[6], row[-1].strip(" |")) for row in rows if len(row) == 9]
+    assert len(verdicts) >= 8, "expected a row per trained claim"
+    for claim, verdict, needed in verdicts:
+        if "open" in verdict or "inconclusive" in verdict:
+            assert re.search(r"\d+ to detect ±margin; (\d+|more than 10000 rounds) to show equivalence", needed), claim
+        else:
+            assert needed == "—", claim
