@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from ..errors import SegsweepError
+from ..record import atomic_write_text
 from ..spec import ExperimentSpec
 
 log = logging.getLogger(__name__)
@@ -236,14 +238,11 @@ def _read_cache(path: Path, quiet: bool = False) -> dict[str, Any]:
 
 
 def _write_cache(path: Path, tree: dict[str, Any]) -> None:
-    tmp = _temporary(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(tree, indent=1, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True) if tmp.parent.is_dir() else None
-        log.warning(f"warning: {path}: cannot write the speed-probe cache ({exc.strerror or exc}); the next run "
+        atomic_write_text(path, json.dumps(tree, indent=1, sort_keys=True))
+    except (OSError, SegsweepError) as exc:  # unwritable, or a full disk: the run goes on, unprobed next time
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        log.warning(f"warning: {path}: cannot write the speed-probe cache ({reason}); the next run "
                     "probes again")
 
 
