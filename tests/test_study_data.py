@@ -15,7 +15,7 @@ import pytest
 from scipy import stats
 
 from segsweep.data import GeometricWarp, build_data, build_sources, load_sample
-from segsweep.data.augment import affine_matrix, draw_per_axis
+from segsweep.data.augment import affine_matrix, draw_per_axis, is_identity
 from segsweep.data.cache import cache_key
 from segsweep.data.caches import find_caches
 from segsweep.data.sources import LOADER_VERSION, decode_image, read_mask, resize_mask
@@ -105,6 +105,20 @@ def test_affine_p_and_identity():
     image, mask = pair()
     assert all(a is b for a, b in zip(still(image, mask, np.random.default_rng(0)), (image, mask)))
     assert np.array_equal(affine_matrix((48, 56), 0.0, 1.0, 1.0, 0, 0), np.eye(3)[:2])
+
+
+def test_identity_check_agrees_with_allclose():
+    """The loader's cheap identity test decides as `np.allclose` does, at its tolerance's edge too."""
+    rng = np.random.default_rng(3)
+    eye = np.eye(3)[:2]
+    cases = [eye.copy(), eye + np.nan, affine_matrix((48, 56), 360.0, 1.0, 1.0, 0, 0)]
+    for spread in (1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9):
+        cases += [eye + rng.normal(0, spread, eye.shape) for _ in range(200)]
+    cases += [eye + np.array([[0, 0, 1e-8 * k], [0, 0, 0]]) for k in (0.99, 1.01)]  # atol alone: 1e-8
+    cases += [eye + np.array([[(1e-8 + 1e-5) * k, 0, 0], [0, 0, 0]]) for k in (0.99, 1.01)]  # atol + rtol |1|
+    verdicts = [is_identity(m) for m in cases]
+    assert verdicts == [bool(np.allclose(m, eye)) for m in cases]
+    assert 0 < sum(verdicts) < len(cases)
 
 
 def test_affine_matrix_known_values():
