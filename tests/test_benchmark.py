@@ -12,7 +12,7 @@ import pytest
 
 from segsweep.bench import FIGURES, TARGETS
 from segsweep.bench.contenders import QUICK
-from segsweep.bench.measure import interleaved, paired_ratio, target_text, verdict
+from segsweep.bench.measure import interleaved, median_ci, paired_ratio, step_pairs, target_text, verdict
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,6 +48,10 @@ def test_quick_writes_every_figure(quick_report: tuple[dict, str]) -> None:
             assert fig["target"] == target_text(name) and fig["met"] in (True, False), name
     figures = report["figures"]
     assert figures["trainer_vs_raw"]["raw_img_s"] == pytest.approx(figures["raw_step"]["value"], rel=1e-3)
+    # trainer_vs_raw pairs each trainer step with a raw step beside it: one pair per training batch.
+    pairs = figures["trainer_vs_raw"]["step_pairs_s"]
+    assert figures["trainer_vs_raw"]["pairs"] == len(pairs) == QUICK.reps * QUICK.batches
+    assert all(t > 0 and r > 0 for t, r in pairs) and figures["trainer_vs_raw"]["ci95"] is None  # too few
     assert set(figures["fast_vs_naive"]["per_model"]) == set(QUICK.naive_models)
     assert 0 < figures["trial_overhead"]["value"] <= 1 and 0 < figures["study_trial_overhead"]["value"] <= 1
     assert figures["study_trial_overhead"]["breakdown_s"]["test"] == 0 < figures["trial_overhead"]["breakdown_s"]["test"]
@@ -62,6 +66,7 @@ def test_quick_writes_every_figure(quick_report: tuple[dict, str]) -> None:
     workers = figures["study_raw_step"]["workers"]
     assert [w["worker"] for w in workers] == [0, 1]
     assert figures["study_trainer_vs_raw"]["value"] == pytest.approx(min(w["trainer_vs_raw"] for w in workers), abs=1e-4)
+    assert all(w["pairs"] == len(w["step_pairs_s"]) == QUICK.study_reps * QUICK.study_batches for w in workers)
     assert figures["study_fast_vs_naive"]["value"] == pytest.approx(min(w["fast_vs_naive"] for w in workers), abs=1e-4)
     assert all(w["naive"]["channels_last"] is False and w["naive"]["cache"] is False for w in workers)
     runs = figures["study_run_overhead"]["runs"]
@@ -95,6 +100,22 @@ def test_paired_ratio_is_the_median_of_per_repetition_ratios() -> None:
     assert verdict("peer_ratio", 1.01) is False
     assert verdict("trial_overhead", 0.05) is False
     assert verdict("mfu", None) is None
+
+
+def test_median_interval_is_the_binomial_order_statistics() -> None:
+    # n = 10: x(2)..x(9) covers the median with 1 - 2 * 11/1024 = 0.979; x(3)..x(8) only 0.891.
+    assert median_ci([float(x) for x in range(10, 0, -1)]) == (2.0, 9.0)
+    assert median_ci(list(range(1, 21))) == (6, 15) and median_ci(list(range(1, 101))) == (40, 61)
+    assert median_ci([1.0, 2.0, 3.0, 4.0, 5.0]) is None  # 5 values: no interval reaches 95%
+
+
+def test_step_pairs_compare_each_trainer_step_with_its_raw_step() -> None:
+    # (trainer s, raw s): trainer 10% slower on every step but one outlier that the median ignores.
+    pairs = [(1.1, 1.0)] * 6 + [(5.0, 1.0)]
+    out = step_pairs(pairs, images=8)
+    assert out["ratio"] == pytest.approx(1 / 1.1) and out["pairs"] == 7
+    assert out["trainer_img_s"] == pytest.approx(8 / 1.1, abs=1e-3) and out["raw_img_s"] == 8.0
+    assert out["ci95"] == [pytest.approx(0.2), pytest.approx(1 / 1.1, abs=1e-4)]  # n = 7: x(1), x(7)
 
 
 def test_training_flops_match_a_hand_count() -> None:

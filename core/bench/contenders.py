@@ -39,7 +39,7 @@ class Plan:
     trial_budget_s: float  # the sweep trial's time budget (one minute in the issue)
     workers: int  # loader processes for the memory figure
     bf16_probe: bool  # also time one bf16 step (diagnostic; minutes on CPUs without bf16 units)
-    study_batches: int = 8  # the study workload (bench/study.py): training batches per repetition
+    study_batches: int = 12  # the study workload (bench/study.py): training batches per repetition
     study_reps: int = 5
     study_epochs: int | None = None  # epochs of its whole run (None: the recipe's)
     study_compile: bool = True  # time torch.compile (a cold compile is about a minute on 2 cores)
@@ -51,7 +51,7 @@ def _model(name: str, width: int) -> dict[str, Any]:
 
 FULL = Plan(main_model=_model("resnet34_unet", 64),
             naive_models={name: _model(name, 64) for name in ("resnet34_unet", "unet")},
-            image_size=128, batch_size=8, batches=4, naive_batches=2, reps=5, loader_images=64,
+            image_size=128, batch_size=8, batches=6, naive_batches=2, reps=5, loader_images=64,
             trial_budget_s=60.0, workers=2, bf16_probe=True)
 QUICK = Plan(main_model=_model("unet", 16), naive_models={name: _model(name, 16) for name in ("resnet34_unet", "unet")},
              image_size=64, batch_size=4, batches=2, naive_batches=1, reps=2, loader_images=24,
@@ -93,22 +93,44 @@ class TrainerRun:
         self.loss_fn = build_loss(spec.loss, spec.model.head)
         self.schedule = LrSchedule(spec, len(self.data.train))
         self.epoch_no, self.step = 0, 0
+        self.pairs: list[tuple[float, float]] = []  # (trainer s, raw s) per batch of `epoch(raw)`
 
     def describe(self) -> dict[str, Any]:
         return {"precision": self.precision, "channels_last": self.speed.channels_last,
                 "cache": self.spec.data.cache, "workers": self.data.num_workers}
 
-    def epoch(self) -> float:
+    def epoch(self, raw: RawStep | None = None) -> float:
+        """Train one epoch; img/s of the trainer alone.
+
+        With `raw`, one raw step runs as each batch arrives, before the trainer's own step (the
+        trainer's `on_batch` hook), and its time is kept out of the epoch's. Each batch then adds
+        a pair to `pairs`: (the trainer's seconds for that batch: its step and the loading of the
+        next, the raw step's seconds). Neighbouring steps share the machine's state, so load that
+        comes and goes over seconds hits both sides of a pair alike (`step_pairs`)."""
         self.epoch_no += 1
         seed_everything(derive_seed(self.spec.seed, self.epoch_no))
         self.data.train_sampler.set_epoch(self.epoch_no)
+        marks: list[float] = []
+        raw_s: list[float] = []
+
+        def on_batch() -> None:
+            marks.append(time.perf_counter())
+            if raw is not None:
+                raw.step()
+                raw_s.append(time.perf_counter() - marks[-1])
+
         started = time.perf_counter()
         _, seen, self.step = train_one_epoch(
             self.model, self.data.train, self.loss_fn, self.optimizer, self.schedule, None,
             epoch=self.epoch_no, step=self.step, device=self.device, precision=self.precision,
             channels_last=self.speed.channels_last, grad_clip=None, should_stop=lambda: False,
+            on_batch=on_batch,
         )
-        return seen / (time.perf_counter() - started)
+        ended = time.perf_counter()
+        if raw is not None:
+            marks.append(ended)
+            self.pairs += [(b - a - r, r) for a, b, r in zip(marks, marks[1:], raw_s)]
+        return seen / (ended - started - sum(raw_s))
 
     def validate(self) -> float:
         """Seconds for one evaluation pass over the validation split."""

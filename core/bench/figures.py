@@ -16,12 +16,14 @@ from ..models import build_model
 from ..optim import build_optimizer
 from ..spec import override_spec
 from .contenders import NAIVE, Plan, RawStep, TrainerRun, base_spec, matmul_peak, training_flops
-from .measure import _proc_kb, child_pids, figure, interleaved, mapping_kb, median, paired_ratio, with_peak_rss
+from .measure import (_proc_kb, child_pids, figure, interleaved, mapping_kb, median, paired_ratio, step_pairs,
+                      with_peak_rss)
 
 
 def bench_training(plan: Plan, cache_dir: Path) -> dict[str, Any]:
-    """raw_step, trainer_vs_raw, mfu and the main model's fast_vs_naive, from one loop in which
-    the raw step, the trainer (fast path), the naive trainer and a matmul take turns."""
+    """raw_step, trainer_vs_raw, mfu and the main model's fast_vs_naive. The trainer's epochs
+    carry a raw step beside each of their own (`TrainerRun.epoch(raw)`: step-paired
+    trainer_vs_raw); they take turns with the naive trainer and a matmul."""
     spec = base_spec(plan, cache_dir, plan.main_model)
     raw = RawStep(spec)
     raw.run(1)  # warm: first-call allocations, oneDNN kernel selection
@@ -31,27 +33,30 @@ def bench_training(plan: Plan, cache_dir: Path) -> dict[str, Any]:
     naive.epoch()  # also starts its persistent loader worker
     dtype = torch.bfloat16 if trainer.precision == "bf16" else torch.float32
     reps = interleaved({
-        "raw": lambda: raw.run(plan.batches),
-        "trainer": trainer.epoch,
+        "trainer": lambda: trainer.epoch(raw),
         "naive": naive.epoch,
         "matmul_gflops": lambda: matmul_peak(dtype),
     }, plan.reps)
+    paired = step_pairs(trainer.pairs, plan.batch_size)
     flops_per_image, by_op = training_flops(spec)
-    trainer_flops = flops_per_image * median(reps["trainer"]) / 1e9
-    raw_flops = flops_per_image * median(reps["raw"]) / 1e9
+    trainer_flops = flops_per_image * paired["trainer_img_s"] / 1e9
+    raw_flops = flops_per_image * paired["raw_img_s"] / 1e9
     peak = max(reps["matmul_gflops"])
     figures = {
         "raw_step": figure(
-            "raw_step", median(reps["raw"]), "img/s", model=dict(plan.main_model), image_size=plan.image_size,
+            "raw_step", paired["raw_img_s"], "img/s", model=dict(plan.main_model), image_size=plan.image_size,
             batch_size=plan.batch_size, precision=raw.precision, channels_last=raw.channels_last,
-            steps_per_rep=plan.batches, reps=[round(x, 3) for x in reps["raw"]],
-            note="ceiling: the model alone on tensors in memory, with the trainer's loss and optimiser"),
+            steps=paired["pairs"], note="ceiling: the model alone on tensors in memory, with the trainer's loss "
+            "and optimiser; img/s of its median step"),
         "trainer_vs_raw": figure(
-            "trainer_vs_raw", paired_ratio(reps["trainer"], reps["raw"]), "ratio",
-            trainer_img_s=round(median(reps["trainer"]), 3), raw_img_s=round(median(reps["raw"]), 3),
-            reps=[round(x, 3) for x in reps["trainer"]], workers=trainer.data.num_workers,
-            note=f"train_one_epoch over {plan.batches} batches an epoch (cached loader, augmentation, "
-                 f"{trainer.data.num_workers} workers) vs raw_step: same model, size, batch, precision"),
+            "trainer_vs_raw", paired["ratio"], "ratio", trainer_img_s=paired["trainer_img_s"],
+            raw_img_s=paired["raw_img_s"], ci95=paired["ci95"], pairs=paired["pairs"],
+            step_pairs_s=[[round(t, 4), round(r, 4)] for t, r in trainer.pairs],
+            epoch_img_s=[round(x, 3) for x in reps["trainer"]], workers=trainer.data.num_workers,
+            note=f"train_one_epoch ({plan.batches} batches an epoch, cached loader, augmentation, "
+                 f"{trainer.data.num_workers} workers) with a raw step (same model, size, batch, precision) run "
+                 "as each batch arrives: the median over steps of raw s / trainer s, where a trainer step runs "
+                 "from one batch's arrival to the next's, raw step excluded; ci95 distribution-free"),
         "mfu": figure(
             "mfu", trainer_flops / peak, "ratio", achieved_gflops=round(trainer_flops, 2),
             raw_achieved_gflops=round(raw_flops, 2), raw_mfu=round(raw_flops / peak, 4),

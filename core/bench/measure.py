@@ -116,6 +116,31 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def median_ci(values: list[float], confidence: float = 0.95) -> tuple[float, float] | None:
+    """A distribution-free confidence interval for the median: the order statistics x(j), x(n+1-j)
+    with the largest j for which Binomial(n, 1/2) puts at least `confidence` on j..n-j (None
+    when n is too small for any; n >= 6 at 95%)."""
+    xs, n = sorted(values), len(values)
+    cdf, j = 0.0, 0  # cdf = P(B < j + 1): coverage of [x(j+1), x(n-j)] is 1 - 2 P(B <= j)
+    for k in range(n // 2):
+        cdf += math.comb(n, k) / 2**n
+        if 1 - 2 * cdf < confidence:
+            break
+        j = k + 1
+    return (xs[j - 1], xs[n - j]) if j else None
+
+
+def step_pairs(pairs: list[tuple[float, float]], images: int) -> dict[str, Any]:
+    """trainer_vs_raw from steps paired as they ran (`TrainerRun.epoch(raw)`): the median of the
+    per-step ratios raw s / trainer s (= trainer img/s over raw img/s) with its 95% interval, and
+    each side's img/s from its median step of `images` images."""
+    ratios = [r / t for t, r in pairs]
+    low_high = median_ci(ratios)
+    return {"ratio": median(ratios), "ci95": None if low_high is None else [round(x, 4) for x in low_high],
+            "pairs": len(pairs), "trainer_img_s": round(images / median([t for t, _ in pairs]), 3),
+            "raw_img_s": round(images / median([r for _, r in pairs]), 3)}
+
+
 def verdict(figure: str, value: float | None) -> bool | None:
     if value is None or not math.isfinite(value):
         return None

@@ -25,7 +25,7 @@ def _detail(name: str, f: dict[str, Any]) -> str:
         return f"{f['model']['model.name']} {f['image_size']}px b{f['batch_size']} {f['precision']} " \
                f"{'channels_last' if f['channels_last'] else 'NCHW'}"
     if name == "trainer_vs_raw":
-        return f"trainer {f['trainer_img_s']} img/s vs raw {f['raw_img_s']} img/s"
+        return f"trainer {f['trainer_img_s']} img/s vs raw {f['raw_img_s']} img/s; {_ci(f['ci95'])} over {f['pairs']} step pairs"
     if name == "fast_vs_naive":
         per = "; ".join(f"{k}: {v['fast_img_s']} vs {v['naive_img_s']} img/s ({v['ratio']:.2f}x)"
                         for k, v in f["per_model"].items())
@@ -77,9 +77,14 @@ def _study_detail(name: str, f: dict[str, Any]) -> str:
         return f"per worker {per}; compile {f['cold_compile_s']} s cold, {f['warm_compile_s']} s warm"
     if name == "study_raw_step":
         return "; ".join(f"worker {p['worker']}: raw {p['raw_img_s']}, trainer {p['trainer_img_s']}, naive "
-                         f"{p['naive_img_s']} img/s; trainer/raw {p['trainer_vs_raw']}, fast/naive "
+                         f"{p['naive_img_s']} img/s; trainer/raw {p['trainer_vs_raw']} "
+                         f"({_ci(p['trainer_vs_raw_ci95'])}, {p['pairs']} pairs), fast/naive "
                          f"{p['fast_vs_naive']}, mfu {p['mfu']}; fast "
                          f"{'channels_last' if p['fast']['channels_last'] else 'NCHW'}"
                          for p in f["workers"])
     return f.get("note", "")
 
+
+
+def _ci(low_high: list[float] | None) -> str:
+    return "95% CI n/a (too few pairs)" if low_high is None else f"95% CI [{low_high[0]:.3f}, {low_high[1]:.3f}]"

@@ -23,7 +23,7 @@ import torch
 
 from ..spec import ExperimentSpec, load_spec, override_spec
 from .contenders import NAIVE, PETS_MINI, REPO, Plan, RawStep, TrainerRun, matmul_peak, training_flops
-from .measure import figure, interleaved, median, paired_ratio, peak_rss_mb
+from .measure import figure, interleaved, median, paired_ratio, peak_rss_mb, step_pairs
 
 RECIPE = REPO / "experiments" / "pets_mini_claims.yaml"
 WORKERS = 2  # as the claims study ran: `segsweep sweep ... --workers 2` on two cores
@@ -56,11 +56,12 @@ def _training_worker(worker: int, cache_dir: Path, batches: int, reps: int) -> d
         raw.run(1)
         trainer.epoch()
         naive.epoch()
-        times = interleaved({"raw": lambda: raw.run(batches), "trainer": trainer.epoch, "naive": naive.epoch,
+        times = interleaved({"trainer": lambda: trainer.epoch(raw), "naive": naive.epoch,
                              "matmul_gflops": lambda: matmul_peak(torch.float32, n=1024)}, reps)
     flops, _ = training_flops(spec)
-    return {"worker": worker, "reps": times, "flops_per_image": flops, "fast": trainer.describe(),
-            "naive": naive.describe(), "raw_channels_last": raw.channels_last, "peak_rss_mb": peak_rss_mb()}
+    return {"worker": worker, "reps": times, "pairs": trainer.pairs, "batch_size": spec.train.batch_size,
+            "flops_per_image": flops, "fast": trainer.describe(), "naive": naive.describe(),
+            "raw_channels_last": raw.channels_last, "peak_rss_mb": peak_rss_mb()}
 
 
 def _run_worker(worker: int, cache_dir: Path, epochs: int | None) -> dict[str, Any]:
@@ -93,16 +94,16 @@ def _compile_worker(worker: int, cache_dir: Path, inductor_cache: str, batches: 
 
 
 def _worker_figures(r: dict[str, Any]) -> dict[str, Any]:
-    """One worker's medians and paired ratios from its repetitions."""
-    reps = r["reps"]
+    """One worker's figures: trainer vs raw from its step pairs, fast vs naive from its epochs."""
+    reps, paired = r["reps"], step_pairs(r["pairs"], r["batch_size"])
     return {
-        "worker": r["worker"], "raw_img_s": round(median(reps["raw"]), 3),
-        "trainer_img_s": round(median(reps["trainer"]), 3), "naive_img_s": round(median(reps["naive"]), 3),
-        "trainer_vs_raw": round(paired_ratio(reps["trainer"], reps["raw"]), 4),
+        "worker": r["worker"], "raw_img_s": paired["raw_img_s"], "trainer_img_s": paired["trainer_img_s"],
+        "naive_img_s": round(median(reps["naive"]), 3),
+        "trainer_vs_raw": round(paired["ratio"], 4), "trainer_vs_raw_ci95": paired["ci95"], "pairs": paired["pairs"],
         "fast_vs_naive": round(paired_ratio(reps["trainer"], reps["naive"]), 4),
-        "mfu": round(r["flops_per_image"] * median(reps["trainer"]) / 1e9 / max(reps["matmul_gflops"]), 4),
+        "mfu": round(r["flops_per_image"] * paired["trainer_img_s"] / 1e9 / max(reps["matmul_gflops"]), 4),
         "fast": r["fast"], "naive": r["naive"], "reps": {k: [round(x, 3) for x in v] for k, v in reps.items()},
-        "peak_rss_mb": r["peak_rss_mb"],
+        "step_pairs_s": [[round(t, 4), round(s, 4)] for t, s in r["pairs"]], "peak_rss_mb": r["peak_rss_mb"],
     }
 
 
@@ -120,7 +121,8 @@ def bench_study(plan: Plan, cache_dir: Path, initializer: Callable[[], None] | N
         "study_raw_step": figure("study_raw_step", lowest["raw_img_s"], "img/s per worker", workers=per,
                                  peak_rss_mb=rss, note=f"{where}: the model alone on tensors in memory"),
         "study_trainer_vs_raw": figure("study_trainer_vs_raw", lowest["trainer_vs_raw"], "ratio", peak_rss_mb=rss,
-                                       note=f"{where}; the lower of the workers' paired ratios"),
+                                       note=f"{where}; the lower of the workers' step-paired ratios (a raw step "
+                                       "beside each trainer step, as in trainer_vs_raw), each with its 95% interval"),
         "study_fast_vs_naive": figure("study_fast_vs_naive", lowest["fast_vs_naive"], "ratio", peak_rss_mb=rss,
                                       note=f"{where}; defaults (cache, channels_last auto) vs uncached fp32 NCHW"),
         "study_mfu": figure("study_mfu", lowest["mfu"], "ratio", peak_rss_mb=rss,

@@ -6,7 +6,9 @@
 
 Every ratio is measured side by side in one process: the two (or more) contenders alternate,
 repetition by repetition (A B, then B A, ...), and each figure is the median of the paired
-per-repetition ratios, so a neighbour's load that comes and goes hits both sides alike. The
+per-repetition ratios, so a neighbour's load that comes and goes hits both sides alike.
+trainer_vs_raw pairs closer still: a raw step runs as each trainer batch arrives, and the figure
+is the median of the per-step ratios, with a distribution-free 95% interval. The
 JSON (default `results/benchmarks/<stamp>.json`) holds every repetition; the table printed at
 the end is the one `BENCHMARKS.md` keeps. Data: the real 3-breed pets subset beside the repo
 (`../shared/data/oxford-iiit-pet-mini`) when present, else the synthetic set. Nothing here
