@@ -40,7 +40,7 @@ class Plan:
     workers: int  # loader processes for the memory figure
     bf16_probe: bool  # also time one bf16 step (diagnostic; minutes on CPUs without bf16 units)
     study_batches: int = 12  # the study workload (bench/study.py): training batches per repetition
-    study_reps: int = 5
+    study_reps: int = 8
     study_epochs: int | None = None  # epochs of its whole run (None: the recipe's)
     study_compile: bool = True  # time torch.compile (a cold compile is about a minute on 2 cores)
 

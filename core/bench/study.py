@@ -47,16 +47,24 @@ def side_by_side(task: Callable[..., dict[str, Any]], *args: Any, initializer: C
         return [f.result() for f in futures]
 
 
-def _training_worker(worker: int, cache_dir: Path, batches: int, reps: int) -> dict[str, Any]:
-    """One worker's raw step, trainer and naive trainer in turns (plus a matmul, for MFU)."""
+def _training_worker(worker: int, cache_dir: Path, batches: int, reps: int, barrier: Any) -> dict[str, Any]:
+    """One worker's figures, in two phases that both workers start together (`barrier`): the
+    trainer with a raw step beside each of its steps (trainer vs raw), then the trainer and the
+    naive trainer in turns, with a matmul (fast vs naive, MFU's peak). Apart, because the naive
+    trainer's loader process would be a third process on the two cores during the first."""
     torch.set_num_threads(1)
-    spec = study_spec(cache_dir, **{"data.limit_train": 8 * batches})
+    spec = study_spec(cache_dir)
+    spec = override_spec(spec, {"data.limit_train": spec.train.batch_size * batches})
     with contextlib.redirect_stdout(sys.stderr):
         raw, trainer, naive = RawStep(spec), TrainerRun(spec), TrainerRun(override_spec(spec, NAIVE))
         raw.run(1)
         trainer.epoch()
         naive.epoch()
-        times = interleaved({"trainer": lambda: trainer.epoch(raw), "naive": naive.epoch,
+        barrier.wait()
+        for _ in range(reps):
+            trainer.epoch(raw)
+        barrier.wait()
+        times = interleaved({"trainer": trainer.epoch, "naive": naive.epoch,
                              "matmul_gflops": lambda: matmul_peak(torch.float32, n=1024)}, reps)
     flops, _ = training_flops(spec)
     return {"worker": worker, "reps": times, "pairs": trainer.pairs, "batch_size": spec.train.batch_size,
@@ -111,7 +119,9 @@ def bench_study(plan: Plan, cache_dir: Path, initializer: Callable[[], None] | N
     """The study workload's figures (see the module's docstring); `plan.study_*` sizes them."""
     spec = study_spec(cache_dir)
     batches, reps = plan.study_batches, plan.study_reps
-    results = side_by_side(_training_worker, cache_dir, batches, reps, initializer=initializer)
+    with multiprocessing.Manager() as manager:
+        barrier = manager.Barrier(WORKERS)
+        results = side_by_side(_training_worker, cache_dir, batches, reps, barrier, initializer=initializer)
     per = [_worker_figures(r) for r in results]
     rss = max(p["peak_rss_mb"] or 0 for p in per)
     where = (f"{spec.model.name} width {spec.model.base_channels}, {spec.data.image_size} px, batch "
