@@ -24,19 +24,13 @@ log = logging.getLogger(__name__)
 
 
 def machine_info() -> dict[str, Any]:
-    from ..train.device import cpu_has_fast_bf16
+    from ..train.device import cpu_has_fast_bf16, cpu_info
 
-    model, flags = platform.processor() or platform.machine(), set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model in ("", platform.machine(), platform.processor()):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
+    cpu = cpu_info()
     relevant = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile", "avx_vnni")
     return {
-        "cpu": model, "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "flags": {flag: flag in flags for flag in relevant},
+        "cpu": cpu.model, "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "flags": {flag: flag in cpu.flag_set for flag in relevant},
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(), "fast_bf16": cpu_has_fast_bf16(),
         "cuda": torch.cuda.is_available(), "python": platform.python_version(),

@@ -26,6 +26,7 @@ import torch
 from ..errors import SegsweepError
 from ..record import atomic_write_text
 from ..spec import ExperimentSpec
+from .device import cpu_info
 
 log = logging.getLogger(__name__)
 
@@ -67,17 +68,9 @@ def cache_path() -> Path:
 
 def cpu_identity() -> dict[str, str]:
     """The machine as far as speed goes: CPU model and instruction-set flags, torch's build."""
-    model, flags = platform.processor() or platform.machine(), ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model in ("", platform.machine(), platform.processor()):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith(("flags", "Features")) and not flags:
-                flags = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return {"cpu": model, "flags": hashlib.sha256(flags.encode()).hexdigest()[:12], "torch": torch.__version__,
-            "capability": torch.backends.cpu.get_cpu_capability()}
+    info = cpu_info()
+    return {"cpu": info.model, "flags": hashlib.sha256(info.flags.encode()).hexdigest()[:12],
+            "torch": torch.__version__, "capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def architecture(spec: ExperimentSpec) -> dict[str, Any]:
