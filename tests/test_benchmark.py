@@ -13,6 +13,7 @@ import pytest
 from segsweep.bench import FIGURES, TARGETS
 from segsweep.bench.contenders import QUICK
 from segsweep.bench.measure import interleaved, median_ci, paired_ratio, step_pairs, target_text, verdict
+from segsweep.record import git_sha
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,6 +37,7 @@ def quick_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
 def test_quick_writes_every_figure(quick_report: tuple[dict, str]) -> None:
     report, _ = quick_report
     assert report["quick"] is True and report["schema"] == 1
+    assert report["code"] == git_sha() and len(report["code"].split("+")[0]) == 40  # the commit it measured
     assert set(report["figures"]) == set(FIGURES)
     for name, fig in report["figures"].items():
         if fig.get("skipped"):  # only the optional peer, and the compile (a minute) in --quick

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ..record import git_sha
 from .contenders import PETS_MINI, REPO, Plan
 from . import FIGURES, STUDY_FIGURES
 from .figures import bench_fast_vs_naive, bench_loader, bench_memory, bench_training
@@ -30,7 +31,7 @@ def run_benchmark(plan: Plan, cache_dir: Path, *, quick: bool, stamp: str, comma
     return the report: machine, load before and after, plan, and {figure name: figure}."""
     wanted = set(only or FIGURES)
     report: dict[str, Any] = {
-        "schema": 1, "stamp": stamp, "quick": quick, "command": command,
+        "schema": 1, "stamp": stamp, "quick": quick, "command": command, "code": git_sha(),
         "machine": machine_info(), "load_average_before": load_average(),
         "data": "oxford-iiit-pet-mini" if PETS_MINI.is_dir() else "synthetic", "plan": dataclasses.asdict(plan),
     }
