@@ -27,7 +27,7 @@ NAIVE = {"data.cache": False, "train.channels_last": False, "train.precision": "
 @dataclass(frozen=True)
 class Plan:
     """What one run measures. `full` is the issue's setting (128 px, batch 8, the real models);
-    `quick` shrinks everything so the smoke test finishes in about a minute."""
+    `quick` shrinks everything so the smoke test finishes in a few minutes."""
     main_model: dict[str, Any]  # model.* of the model behind raw_step, trainer_vs_raw, mfu, peer
     naive_models: dict[str, dict[str, Any]]  # label -> model.* for fast_vs_naive
     image_size: int

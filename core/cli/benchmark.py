@@ -1,7 +1,7 @@
 """Speed of the training path against its ceiling, a naive baseline and a peer stack (issue 6).
 
-    segsweep benchmark                 # full run, about six minutes on 2 quiet cores
-    segsweep benchmark --quick         # smoke run, about a minute; no thresholds
+    segsweep benchmark                 # full run, 20-24 min on a quiet 2-core AVX2-only AMD EPYC
+    segsweep benchmark --quick         # smoke run, about 3 min there; no thresholds
     segsweep benchmark --out bench.json --cache-dir /tmp/segsweep-cache
 
 Every ratio is measured side by side in one process: the two (or more) contenders alternate,
