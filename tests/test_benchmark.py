@@ -133,3 +133,27 @@ def test_training_flops_match_a_hand_count() -> None:
         conv(x).sum().backward()
     forward = 2 * 3 * 3 * 4 * 8 * 16 * 16 * 2
     assert counter.get_total_flops() == 3 * forward
+
+
+def test_reps_and_only_measure_just_the_trainer_with_more_pairs(tmp_path: Path) -> None:
+    """`--only trainer_vs_raw --reps 3`: the trainer's step pairs alone (no naive trainer, no other
+    group), three repetitions of QUICK.batches pairs, and the command line says so."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "benchmark.py"), "--quick", "--threads", "1", "--reps", "3",
+         "--only", "trainer_vs_raw", "--out", str(out), "--cache-dir", str(tmp_path / "cache")],
+        capture_output=True, text=True, timeout=1200, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    figures = report["figures"]
+    assert report["plan"]["reps"] == 3 and report["command"].endswith("--reps 3 --only trainer_vs_raw")
+    assert figures["trainer_vs_raw"]["pairs"] == 3 * QUICK.batches and figures["trainer_vs_raw"]["ci95"] is not None
+    assert figures["fast_vs_naive"]["skipped"] and figures["study_trainer_vs_raw"]["skipped"]
+
+
+def test_reps_below_two_is_refused(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "benchmark.py"), "--reps", "1",
+                           "--out", str(tmp_path / "bench.json")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "--reps: expected an integer of at least 2" in proc.stderr
+    assert not (tmp_path / "bench.json").exists()

@@ -20,23 +20,22 @@ from .measure import (_proc_kb, child_pids, figure, interleaved, mapping_kb, med
                       with_peak_rss)
 
 
-def bench_training(plan: Plan, cache_dir: Path) -> dict[str, Any]:
-    """raw_step, trainer_vs_raw, mfu and the main model's fast_vs_naive. The trainer's epochs
-    carry a raw step beside each of their own (`TrainerRun.epoch(raw)`: step-paired
-    trainer_vs_raw); they take turns with the naive trainer and a matmul."""
+def bench_training(plan: Plan, cache_dir: Path, with_naive: bool = True) -> dict[str, Any]:
+    """raw_step, trainer_vs_raw, mfu and (`with_naive`) the main model's fast_vs_naive. The
+    trainer's epochs carry a raw step beside each of their own (`TrainerRun.epoch(raw)`:
+    step-paired trainer_vs_raw); they take turns with the naive trainer and a matmul."""
     spec = base_spec(plan, cache_dir, plan.main_model)
     raw = RawStep(spec)
     raw.run(1)  # warm: first-call allocations, oneDNN kernel selection
     trainer = TrainerRun(spec)
     trainer.epoch()
-    naive = TrainerRun(override_spec(spec, NAIVE))
-    naive.epoch()  # also starts its persistent loader worker
+    contenders: dict[str, Any] = {"trainer": lambda: trainer.epoch(raw)}
+    if with_naive:
+        naive = TrainerRun(override_spec(spec, NAIVE))
+        naive.epoch()  # also starts its persistent loader worker
+        contenders["naive"] = naive.epoch
     dtype = torch.bfloat16 if trainer.precision == "bf16" else torch.float32
-    reps = interleaved({
-        "trainer": lambda: trainer.epoch(raw),
-        "naive": naive.epoch,
-        "matmul_gflops": lambda: matmul_peak(dtype),
-    }, plan.reps)
+    reps = interleaved({**contenders, "matmul_gflops": lambda: matmul_peak(dtype)}, plan.reps)
     paired = step_pairs(trainer.pairs, plan.batch_size)
     flops_per_image, by_op = training_flops(spec)
     trainer_flops = flops_per_image * paired["trainer_img_s"] / 1e9
@@ -66,13 +65,14 @@ def bench_training(plan: Plan, cache_dir: Path) -> dict[str, Any]:
             matmul_reps=[round(x, 1) for x in reps["matmul_gflops"]],
             note="trainer FLOP/s (convolution and matmul FLOPs from FlopCounterMode) over the best "
                  "2048x2048 matmul in the same dtype, measured in the same loop"),
-        "_main_naive": {plan.main_model["model.name"]: {
+    }
+    if with_naive:
+        figures["_main_naive"] = {plan.main_model["model.name"]: {
             "fast_img_s": round(median(reps["trainer"]), 3), "naive_img_s": round(median(reps["naive"]), 3),
             "ratio": round(paired_ratio(reps["trainer"], reps["naive"]), 4),
             "fast": trainer.describe(), "naive": naive.describe(), "base_channels": spec.model.base_channels,
             "fast_reps": [round(x, 3) for x in reps["trainer"]], "naive_reps": [round(x, 3) for x in reps["naive"]],
-        }},
-    }
+        }}
     return with_peak_rss(figures)
 
 

@@ -42,10 +42,9 @@ def run_benchmark(plan: Plan, cache_dir: Path, *, quick: bool, stamp: str, comma
     def measure(group: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
         return isolated(group, *args, initializer=initializer)
 
-    results = measure(bench_training, plan, cache_dir)  # the others compare with it
-    main_naive = results.pop("_main_naive")
+    results = measure(bench_training, plan, cache_dir, "fast_vs_naive" in wanted)  # the others compare with it
     if "fast_vs_naive" in wanted:
-        results.update(measure(bench_fast_vs_naive, plan, cache_dir, main_naive))
+        results.update(measure(bench_fast_vs_naive, plan, cache_dir, results.pop("_main_naive")))
     if "cache_vs_uncached" in wanted:
         results.update(measure(bench_loader, plan, cache_dir, results["trainer_vs_raw"]["trainer_img_s"]))
     if "memory" in wanted:

@@ -17,6 +17,7 @@ asserts a time: `tests/test_benchmark.py` only checks that `--quick` runs and wh
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -33,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", type=Path,
                         help="writable folder for the data cache (and synthetic data); default results/cache")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, one per core)")
+    parser.add_argument("--reps", type=int,
+                        help="repetitions of each paired figure (default: 5 full, 2 quick; the study's 8 full): "
+                             "more give trainer_vs_raw more step pairs and a narrower interval")
     parser.add_argument("--only", nargs="+", choices=FIGURES,
                         help="measure only these figures (raw_step, trainer_vs_raw and mfu always run)")
 
@@ -52,14 +56,21 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             parser.error("--threads must be at least 1")
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the measuring processes inherit it
         torch.set_num_threads(args.threads)
+    if args.reps is not None and args.reps < 2:
+        parser.error(f"--reps: expected an integer of at least 2 (repetitions are paired A B, B A), got {args.reps}")
+    plan = QUICK if args.quick else FULL
+    if args.reps is not None:
+        plan = dataclasses.replace(plan, reps=args.reps, study_reps=args.reps)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = args.out or default_out(stamp, args.quick)
     out.parent.mkdir(parents=True, exist_ok=True)
     cache_dir = (args.cache_dir or REPO / "results" / "cache").resolve()
     cache_dir.mkdir(parents=True, exist_ok=True)
     command = " ".join(["python scripts/benchmark.py"] + (["--quick"] if args.quick else [])
-                       + ([f"--threads {args.threads}"] if args.threads else []))
-    report = run_benchmark(QUICK if args.quick else FULL, cache_dir, quick=args.quick, stamp=stamp, command=command,
+                       + ([f"--threads {args.threads}"] if args.threads else [])
+                       + ([f"--reps {args.reps}"] if args.reps is not None else [])
+                       + (["--only", *args.only] if args.only else []))
+    report = run_benchmark(plan, cache_dir, quick=args.quick, stamp=stamp, command=command,
                            only=args.only, initializer=install_log_handler)
     atomic_write_text(out, json.dumps(report, indent=2) + "\n")
     print(table(report["figures"]))
