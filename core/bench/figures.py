@@ -50,7 +50,7 @@ def bench_training(plan: Plan, cache_dir: Path, with_naive: bool = True) -> dict
         "trainer_vs_raw": figure(
             "trainer_vs_raw", paired["ratio"], "ratio", trainer_img_s=paired["trainer_img_s"],
             raw_img_s=paired["raw_img_s"], ci95=paired["ci95"], pairs=paired["pairs"],
-            step_pairs_s=[[round(t, 4), round(r, 4)] for t, r in trainer.pairs],
+            step_pairs_s=paired["step_pairs_s"],
             epoch_img_s=[round(x, 3) for x in reps["trainer"]], workers=trainer.data.num_workers,
             note=f"train_one_epoch ({plan.batches} batches an epoch, cached loader, augmentation, "
                  f"{trainer.data.num_workers} workers) with a raw step (same model, size, batch, precision) run "

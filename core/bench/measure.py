@@ -127,12 +127,13 @@ def median_ci(values: list[float], confidence: float = 0.95) -> tuple[float, flo
 def step_pairs(pairs: list[tuple[float, float]], images: int) -> dict[str, Any]:
     """trainer_vs_raw from steps paired as they ran (`TrainerRun.epoch(raw)`): the median of the
     per-step ratios raw s / trainer s (= trainer img/s over raw img/s) with its 95% interval, and
-    each side's img/s from its median step of `images` images."""
+    each side's img/s from its median step of `images` images; `step_pairs_s` keeps every pair."""
     ratios = [r / t for t, r in pairs]
     low_high = median_ci(ratios)
     return {"ratio": median(ratios), "ci95": None if low_high is None else [round(x, 4) for x in low_high],
             "pairs": len(pairs), "trainer_img_s": round(images / median([t for t, _ in pairs]), 3),
-            "raw_img_s": round(images / median([r for _, r in pairs]), 3)}
+            "raw_img_s": round(images / median([r for _, r in pairs]), 3),
+            "step_pairs_s": [[round(t, 4), round(r, 4)] for t, r in pairs]}
 
 
 def verdict(figure: str, value: float | None) -> bool | None:

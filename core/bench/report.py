@@ -85,6 +85,5 @@ def _study_detail(name: str, f: dict[str, Any]) -> str:
     return f.get("note", "")
 
 
-
 def _ci(low_high: list[float] | None) -> str:
     return "95% CI n/a (too few pairs)" if low_high is None else f"95% CI [{low_high[0]:.3f}, {low_high[1]:.3f}]"

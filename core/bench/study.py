@@ -111,7 +111,7 @@ def _worker_figures(r: dict[str, Any]) -> dict[str, Any]:
         "fast_vs_naive": round(paired_ratio(reps["trainer"], reps["naive"]), 4),
         "mfu": round(r["flops_per_image"] * paired["trainer_img_s"] / 1e9 / max(reps["matmul_gflops"]), 4),
         "fast": r["fast"], "naive": r["naive"], "reps": {k: [round(x, 3) for x in v] for k, v in reps.items()},
-        "step_pairs_s": [[round(t, 4), round(s, 4)] for t, s in r["pairs"]], "peak_rss_mb": r["peak_rss_mb"],
+        "step_pairs_s": paired["step_pairs_s"], "peak_rss_mb": r["peak_rss_mb"],
     }
 
 
